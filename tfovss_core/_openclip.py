@@ -60,7 +60,12 @@ def _install_torchvision_stub() -> None:
     def _unavailable_fn(*args, **kwargs):
         raise RuntimeError("torchvision.transforms.functional is a tfovss placeholder")
 
-    functional.__getattr__ = lambda name: _unavailable_fn  # type: ignore[attr-defined]
+    def _functional_getattr(name: str):
+        if name.startswith("__"):  # module introspection (inspect, pickle) must see a plain module
+            raise AttributeError(name)
+        return _unavailable_fn
+
+    functional.__getattr__ = _functional_getattr  # type: ignore[attr-defined]
 
 
 def _import_open_clip():

@@ -1,0 +1,321 @@
+"""The inference driver shared by every method.
+
+image -> short-side resize -> CLIP normalisation -> sliding windows (batched through the model)
+-> method features -> cosine with the cached text embeddings -> per-window bilinear upsampling and
+averaging -> resize to the input resolution -> optional PAMR -> softmax with the logit scale,
+synonym max, area / probability thresholds -> probabilities + mask.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import presets as _presets
+from .errors import ConfigError, InputError, TfovssError
+from .imageio import CLIP_MEAN, CLIP_STD, image_label, load_image, resize_short_side
+from .methods import Method, get_method_class
+from .model import ClipModel
+from .pamr import pamr
+from .postprocess import probabilities_and_mask
+from .text import Vocabulary, resolve_templates
+
+
+@dataclass
+class Settings:
+    """Driver settings. Defaults are SCLIP's protocol; methods and presets override them."""
+
+    short_side: int | None = 336        # keep-ratio resize of the short side (None: no resize)
+    max_long_side: int = 2048           # mmseg's Resize(scale=(2048, S)) cap on the long side
+    crop: int = 224                     # sliding-window size; 0 = whole image in one pass
+    stride: int = 112                   # sliding-window stride
+    pad_to_patch: bool = False          # pad windows to a patch multiple (ClearCLIP/TCL) instead of flooring
+    logit_scale: float = 40.0           # softmax temperature on cosine similarities
+    prob_thd: float = 0.0               # pixels whose top class probability is lower -> class 0
+    area_thd: float | None = None       # drop foreground classes with <= this share of the foreground
+    pamr_steps: int = 0                 # PAMR iterations on the final logits (0 = off)
+    pamr_dilations: tuple[int, ...] = (8, 16)
+    templates: Any = "openai_imagenet"  # template-set name or a list of strings with "{}"
+    batch_size: int = 16                # windows per forward pass
+
+    def validate(self) -> None:
+        if self.crop < 0 or (self.crop and self.stride <= 0):
+            raise ConfigError(f"invalid windows: crop={self.crop}, stride={self.stride}")
+        if self.short_side is not None and self.short_side <= 0:
+            raise ConfigError(f"short_side must be positive or None, got {self.short_side}")
+        if not 0 <= self.prob_thd <= 1:
+            raise ConfigError(f"prob_thd must be in [0, 1], got {self.prob_thd}")
+        if self.area_thd is not None and not 0 <= self.area_thd <= 1:
+            raise ConfigError(f"area_thd must be in [0, 1] or None, got {self.area_thd}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+SETTING_NAMES = tuple(f.name for f in dataclasses.fields(Settings))
+
+
+def _coerce_setting(name: str, value):
+    hint = typing.get_type_hints(Settings)[name]
+    if value is None or name == "templates":
+        return tuple(value) if isinstance(value, list) else value
+    try:
+        if name == "pamr_dilations":
+            return tuple(int(v) for v in (value.split(",") if isinstance(value, str) else value))
+        base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        target = base[0]
+        if target is bool and isinstance(value, str):
+            return value.lower() in ("1", "true", "yes", "on")
+        if target in (int, float):
+            if isinstance(value, str) and value.lower() in ("none", "null", ""):
+                return None
+            return target(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name!r} expects {hint}, got {value!r}") from None
+    return value
+
+
+@dataclass
+class SegmentationResult:
+    """One image's output: class probabilities and the mask, at the input image's resolution."""
+
+    probs: np.ndarray            # float32 (C, H, W): what is argmaxed (after synonym max / area_thd)
+    mask: np.ndarray             # (H, W) class indices after thresholds (uint8 when C <= 256)
+    class_names: list[str]
+    name: str = ""
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """Per-pixel top class probability ``(H, W)``."""
+        return self.probs.max(axis=0)
+
+
+@dataclass
+class WindowOutput:
+    """Dense outputs of a batch of windows of one image (for inspection and conformance tests)."""
+
+    boxes: list[tuple[int, int, int, int]]     # (y1, y2, x1, x2) in the resized input
+    grid: tuple[int, int]
+    features: torch.Tensor                     # (n, gh*gw, D) L2-normalised patch features
+    logits: torch.Tensor                       # (n, Q, gh, gw) cosine logits
+
+
+def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """mmseg-style windows ``(y1, y2, x1, x2)``; the last one is shifted back to end at the border.
+
+    ``crop == 0`` (or an image no larger than the crop) gives one window. A window never exceeds
+    the image: it shrinks to the image when the image is smaller than the crop.
+    """
+    if crop <= 0:
+        return [(0, height, 0, width)]
+    rows = max(height - crop + stride - 1, 0) // stride + 1
+    cols = max(width - crop + stride - 1, 0) // stride + 1
+    boxes = []
+    for r in range(rows):
+        for c in range(cols):
+            y1, x1 = r * stride, c * stride
+            y2, x2 = min(y1 + crop, height), min(x1 + crop, width)
+            boxes.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
+    return boxes
+
+
+def _pad_to_multiple(height: int, width: int, patch: int) -> tuple[int, int, int, int]:
+    """Symmetric zero padding (left, right, top, bottom) to a patch multiple (ClearCLIP/TCL)."""
+    def split(n):
+        extra = (-n) % patch
+        return extra // 2, extra - extra // 2
+    left, right = split(width)
+    top, bottom = split(height)
+    return left, right, top, bottom
+
+
+class Segmenter:
+    """Open-vocabulary segmentation of images with one method.
+
+    ``classes`` is a preset name (``"voc21"``, ``"ade20k"``, ... : its class file and the method's
+    official settings for that dataset are applied), a path to a class file (one class per line,
+    synonyms separated by ``", "``), or a list whose items are a name or a list of synonyms.
+    ``settings`` are driver settings (:class:`Settings`) and method options, by name; explicit
+    values override the preset's and the method's defaults.
+    """
+
+    def __init__(self, model: ClipModel, method: str | Method = "sclip", classes=None, **settings):
+        if classes is None:
+            raise ConfigError("no classes given: pass a preset name (e.g. 'voc21') or a list of class names")
+        self.model = model
+        method_name = method if isinstance(method, str) else method.name
+        method_cls = get_method_class(method_name) if isinstance(method, str) else type(method)
+        self.preset = None
+        preset_settings: dict = {}
+        if isinstance(classes, str) and _is_preset(classes):
+            self.preset = _presets.get_preset(classes)
+            spec = self.preset.classes(method_name)
+            preset_settings = _presets.method_settings(method_name, self.preset.name, model.visual.depth)
+        elif isinstance(classes, (str, Path)):
+            path = Path(classes)
+            if not path.is_file():
+                raise ConfigError(f"classes={str(classes)!r} is neither a preset ({', '.join(_presets.list_presets())}) "
+                                  "nor a class file; pass a list of class names for your own vocabulary")
+            spec = _presets.read_class_file(path)
+        else:
+            spec = classes
+        self.vocabulary = Vocabulary.from_spec(spec)
+        names = list(self.vocabulary.names)
+        if self.preset is not None:
+            names = self.preset.class_names(method_name)
+        self.class_names = names
+
+        option_names = {f.name for f in method_cls.option_fields()}
+        merged: dict = dict(method_cls.default_settings)
+        merged.update({k: v for k, v in preset_settings.items() if k in SETTING_NAMES or k in option_names})
+        unknown = sorted(k for k in settings if k not in SETTING_NAMES and k not in option_names)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {unknown} for method {method_name!r}; driver settings: "
+                              f"{list(SETTING_NAMES)}; method options: {sorted(option_names) or 'none'}")
+        merged.update(settings)
+        self.settings = Settings(**{k: _coerce_setting(k, v) for k, v in merged.items() if k in SETTING_NAMES})
+        self.settings.validate()
+        options = {k: v for k, v in merged.items() if k in option_names}
+        if isinstance(method, Method):
+            if options:
+                raise ConfigError("pass options when creating the method instance, not to Segmenter")
+            self.method = method
+        else:
+            self.method = method_cls(model.visual, method_cls.make_options(**options))
+        self.templates = resolve_templates(self.settings.templates)
+        self._text: torch.Tensor | None = None
+        self._query_class = torch.tensor(self.vocabulary.query_class, dtype=torch.long)
+
+    # -- text --------------------------------------------------------------------------------------
+    @property
+    def text_features(self) -> torch.Tensor:
+        """``(Q, D)`` unit query embeddings on the model's device (computed once, cached on disk)."""
+        if self._text is None:
+            feats = self.model.text.encode_queries(self.vocabulary.queries, self.templates)
+            self._text = feats.to(self.model.device, torch.float32)
+        return self._text
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.vocabulary)
+
+    # -- images ------------------------------------------------------------------------------------
+    def prepare(self, image, name: str | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """The original RGB array and the normalised, resized network input ``(1, 3, h, w)``."""
+        label = image_label(image, name)
+        rgb = load_image(image, label)
+        s = self.settings
+        patch = self.model.visual.patch
+        if min(rgb.shape[:2]) < 1 or (s.short_side is None and min(rgb.shape[:2]) < patch):
+            raise InputError(f"{label}: image of size {rgb.shape[1]}x{rgb.shape[0]} is smaller than one "
+                             f"{patch}x{patch} patch")
+        resized = resize_short_side(rgb, s.short_side, s.max_long_side)
+        if min(resized.shape[:2]) < patch:
+            raise InputError(f"{label}: image of size {rgb.shape[1]}x{rgb.shape[0]} becomes "
+                             f"{resized.shape[1]}x{resized.shape[0]} after resizing, smaller than one patch")
+        x = torch.from_numpy(resized).to(self.model.device).permute(2, 0, 1).float()
+        mean = torch.tensor(CLIP_MEAN, device=x.device).view(3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=x.device).view(3, 1, 1)
+        return rgb, ((x - mean) / std).unsqueeze(0)
+
+    # -- dense logits --------------------------------------------------------------------------------
+    def windows(self, x: torch.Tensor) -> Iterator[WindowOutput]:
+        """Runs the method over the windows of one prepared input, ``batch_size`` at a time."""
+        s = self.settings
+        _, _, h, w = x.shape
+        boxes = sliding_windows(h, w, s.crop, s.stride)
+        patch = self.model.visual.patch
+        text = self.text_features
+        request = self.method.trunk_request()
+        for start in range(0, len(boxes), s.batch_size):
+            chunk = boxes[start:start + s.batch_size]
+            crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+            pad = _pad_to_multiple(crops.shape[-2], crops.shape[-1], patch) if s.pad_to_patch else (0, 0, 0, 0)
+            if any(pad):
+                crops = F.pad(crops, pad)
+            with self.model.visual.weight_edit(self.method.weight_edits()):
+                trunk = self.model.visual.run_trunk(crops, request)
+                feats = self.method.features(trunk)
+            feats = F.normalize(feats.float(), dim=-1)
+            gh, gw = trunk.grid
+            logits = (feats @ text.T).transpose(1, 2).reshape(len(chunk), -1, gh, gw)
+            yield WindowOutput(boxes=chunk, grid=(gh, gw), features=feats, logits=logits)
+
+    def dense_logits(self, x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        """Cosine logits ``(Q, H, W)`` averaged over windows and resized to ``out_size``."""
+        _, _, h, w = x.shape
+        s = self.settings
+        q = self.text_features.shape[0]
+        canvas = x.new_zeros((q, h, w))
+        count = x.new_zeros((1, h, w))
+        patch = self.model.visual.patch
+        for out in self.windows(x):
+            y1, y2, x1, x2 = out.boxes[0]
+            ch, cw = y2 - y1, x2 - x1
+            left, right, top, bottom = _pad_to_multiple(ch, cw, patch) if s.pad_to_patch else (0, 0, 0, 0)
+            up = F.interpolate(out.logits, size=(ch + top + bottom, cw + left + right), mode="bilinear",
+                               align_corners=False)
+            up = up[:, :, top:top + ch, left:left + cw]
+            for (y1, y2, x1, x2), window_logits in zip(out.boxes, up):
+                canvas[:, y1:y2, x1:x2] += window_logits
+                count[:, y1:y2, x1:x2] += 1
+        logits = canvas / count
+        return F.interpolate(logits[None], size=out_size, mode="bilinear", align_corners=False)[0]
+
+    # -- prediction ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(self, image, name: str | None = None) -> SegmentationResult:
+        """Segments one image (HxWx3 uint8 array, PIL image or path)."""
+        label = image_label(image, name)
+        rgb, x = self.prepare(image, label)
+        size = rgb.shape[:2]
+        logits = self.dense_logits(x, size)
+        s = self.settings
+        if s.pamr_steps > 0:
+            guide = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            logits = pamr(guide, logits[None], s.pamr_steps, s.pamr_dilations)[0]
+        probs, mask = probabilities_and_mask(
+            logits, self._query_class.to(logits.device), self.num_classes, logit_scale=s.logit_scale,
+            prob_thd=s.prob_thd, area_thd=s.area_thd, renormalize=self.method.renormalize_probs)
+        mask_dtype = np.uint8 if self.num_classes <= 256 else np.int32
+        return SegmentationResult(probs=probs.float().cpu().numpy(), mask=mask.cpu().numpy().astype(mask_dtype),
+                                  class_names=list(self.class_names), name=label)
+
+    def predict_batch(self, images: Sequence) -> list[SegmentationResult]:
+        """Segments several images; raises on the first bad one (see :meth:`iter_predict`)."""
+        return [self.predict(im) for im in images]
+
+    def iter_predict(self, images: Iterable) -> Iterator[tuple[Any, SegmentationResult | TfovssError]]:
+        """Streams ``(image, result or error)``; a bad image yields its error, the rest go on."""
+        for im in images:
+            try:
+                yield im, self.predict(im)
+            except InputError as exc:
+                yield im, exc
+
+    # -- description -------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """Every setting that determines the output (JSON-able)."""
+        s = dataclasses.asdict(self.settings)
+        s["pamr_dilations"] = list(s["pamr_dilations"])
+        if isinstance(s["templates"], tuple):
+            s["templates"] = list(s["templates"])
+        return {"method": self.method.describe(), "model": self.model.describe(),
+                "classes": [list(c) for c in self.vocabulary.classes], "class_names": list(self.class_names),
+                "preset": self.preset.name if self.preset else None, "settings": s,
+                "num_templates": len(self.templates),
+                "renormalize_probs": self.method.renormalize_probs}
+
+
+def _is_preset(name: str) -> bool:
+    try:
+        _presets.get_preset(name)
+        return True
+    except KeyError:
+        return False

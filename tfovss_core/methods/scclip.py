@@ -1,0 +1,147 @@
+"""SC-CLIP (Bai et al., arXiv 2411.15869 / IEEE TIP 2025): self-calibrated CLIP.
+
+Anomalous tokens of the penultimate output are found with SC-CLIP's own LOF variant and replaced
+by the mean of their normal 3x3 neighbours; mid-layer similarities adjust the features before and
+after the last block's attention; a second pass of the last block over the sum of middle-layer
+outputs (multi-level fusion) is added; the penultimate CLS token is re-injected.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import Method, MethodInfo, option, register_method
+from ..backbone import TrunkRequest
+from .sclip import SCLIP_PROTOCOL
+
+
+def lof_outliers(x: torch.Tensor, n_neighbors: int = 30, contamination: float = 0.05,
+                 chunk_bytes: int = 1 << 28) -> tuple[torch.Tensor, torch.Tensor]:
+    """SC-CLIP's LOF on each sample of ``x`` ``(B, N, C)``: outlier mask ``(B, N)`` and scores.
+
+    Squared Euclidean distances; the reach distance uses the point's *own* k-distance
+    (``max(d(p, o), k-dist(p))``), unlike textbook LOF and sklearn; outliers are the tokens whose
+    score exceeds the float32 ``1 - contamination`` quantile. Distances are computed row chunk by
+    row chunk with the official formula (``|x_i - x_j|_2^2``) to keep memory bounded.
+    """
+    b, n, c = x.shape
+    k = min(n_neighbors, n - 1)
+    masks, scores = [], []
+    rows = max(1, chunk_bytes // max(1, n * c * x.element_size()))
+    for s in range(b):
+        xs = x[s]
+        dist = torch.cat([torch.norm(xs[i:i + rows, None] - xs[None, :], dim=2, p=2) ** 2
+                          for i in range(0, n, rows)])
+        knn_d, knn_i = torch.topk(dist, k=k + 1, largest=False)
+        knn_d, knn_i = knn_d[:, 1:], knn_i[:, 1:]
+        reach = torch.max(knn_d, knn_d[:, -1:].expand_as(knn_d))
+        lrd = k / torch.nan_to_num(reach.mean(dim=1), nan=1e-6)
+        lof = (lrd[knn_i] / lrd[:, None]).mean(dim=1)
+        threshold = torch.quantile(lof.to(torch.float32), 1 - contamination)
+        masks.append(lof > threshold)
+        scores.append(lof)
+    return torch.stack(masks), torch.stack(scores)
+
+
+def replace_with_neighbour_mean(tokens: torch.Tensor, abnormal: torch.Tensor, grid) -> torch.Tensor:
+    """Replaces flagged patch tokens by the mean of their non-flagged 3x3 neighbours.
+
+    ``tokens`` ``(B, N, C)`` patch tokens in row-major grid order, ``abnormal`` ``(B, N)`` bool.
+    Out-of-grid neighbours do not count; a token without any normal neighbour stays unchanged.
+    Works for non-square grids (the official code's ``idx // rows`` only for square ones).
+    """
+    b, n, c = tokens.shape
+    gh, gw = grid
+    fmap = tokens.transpose(1, 2).reshape(b, c, gh, gw)
+    normal = (~abnormal).to(tokens.dtype).view(b, 1, gh, gw)
+    kernel = torch.ones(c, 1, 3, 3, dtype=tokens.dtype, device=tokens.device)
+    kernel[:, :, 1, 1] = 0
+    neighbour_sum = F.conv2d(F.pad(fmap * normal, (1, 1, 1, 1)), kernel, groups=c)
+    neighbour_cnt = F.conv2d(F.pad(normal, (1, 1, 1, 1)), kernel[:1])
+    mean = neighbour_sum / neighbour_cnt.clamp_min(1)
+    update = abnormal.view(b, 1, gh, gw) & (neighbour_cnt > 0)
+    return torch.where(update, mean, fmap).reshape(b, c, n).transpose(1, 2)
+
+
+def _row_normalised(weights: torch.Tensor) -> torch.Tensor:
+    return weights / (weights.sum(dim=-1, keepdim=True) + 1e-6)
+
+
+def _cosine(t: torch.Tensor) -> torch.Tensor:
+    t = t / t.norm(dim=-1, keepdim=True)
+    return t @ t.transpose(-1, -2)
+
+
+@register_method
+class SCCLIP(Method):
+    name = "scclip"
+    info = MethodInfo(
+        title="SC-CLIP",
+        paper="Bai et al. Self-Calibrated CLIP for Training-Free Open-Vocabulary Segmentation. "
+              "arXiv 2411.15869 (IEEE TIP 2025)",
+        official_code="SuleBai/SC-CLIP@0417ba9",
+        summary="LOF anomaly repair of the penultimate tokens, mid-layer similarity adjustment "
+                "before and after a k-k + sharpened-similarity attention (no residual, no FFN), "
+                "multi-level fusion (second pass over the sum of middle outputs), CLS re-injection.",
+    )
+
+    @dataclass
+    class Options:
+        pre_adjust_idx: int | None = option(None, "Block whose output gives the mid-layer similarity "
+                                                  "(B/16: 8, L/14: 16).", source="backbone")
+        post_adjust_idx: int | None = option(None, "Block whose output gives the post-attention "
+                                                   "aggregation similarity (B/16: 3, L/14: 6).", source="backbone")
+        multi_start_idx: int | None = option(None, "First block summed by multi-level fusion (B/16: 3, L/14: 8).",
+                                             source="backbone")
+        multi_end_idx: int | None = option(None, "End (exclusive) of the fused blocks (B/16: 10, L/14: 19).",
+                                           source="backbone")
+        res_cls: float | None = option(None, "Weight of the re-injected CLS token (B/16: 0.3, L/14: 0.1).",
+                                       source="backbone")
+        beta: float = option(0.4, "Similarity threshold of the aggregation matrices.")
+        lof_neighbors: int = option(30, "k of the LOF anomaly detector.")
+        contamination: float = option(0.05, "Fraction of tokens flagged by LOF.")
+        sharpen: float = option(3.0, "Factor of the mean-centred mid-layer similarity in the attention.")
+
+    default_settings = SCLIP_PROTOCOL
+
+    def trunk_request(self) -> TrunkRequest:
+        o = self.options
+        keep = {o.pre_adjust_idx, o.post_adjust_idx, *range(o.multi_start_idx, o.multi_end_idx)}
+        return TrunkRequest(depth=self.backbone.depth - 1, keep=frozenset(keep))
+
+    def detect_anomalies(self, trunk) -> tuple[torch.Tensor, torch.Tensor]:
+        """LOF outlier mask and scores of the penultimate patch tokens, ``(B, N)`` each."""
+        return lof_outliers(trunk.x[:, 1:], self.options.lof_neighbors, self.options.contamination)
+
+    def _attention(self, block, h: torch.Tensor, s_mid: torch.Tensor) -> torch.Tensor:
+        bb = self.backbone
+        _, k, v = bb.qkv(block, h)
+        g = (s_mid - s_mid.mean(dim=(-2, -1), keepdim=True)) * self.options.sharpen
+        g = torch.softmax(g.masked_fill(g < 0, float("-inf")), dim=-1)
+        probs = (g.unsqueeze(1) + bb.similarity_attention(k, k)) / 2
+        return bb.attend(block, probs, v)
+
+    def features(self, trunk):
+        bb, o, grid = self.backbone, self.options, trunk.grid
+        x = trunk.x
+        cls_pen, patches = x[:, :1], x[:, 1:]
+        abnormal, _ = self.detect_anomalies(trunk)
+        patches = replace_with_neighbour_mean(patches, abnormal, grid)
+
+        mid = replace_with_neighbour_mean(trunk.outputs[o.pre_adjust_idx][:, 1:], abnormal, grid)
+        s_mid = _cosine(mid)
+        patches = _row_normalised(torch.where(s_mid < o.beta, 0.0, s_mid)) @ patches
+
+        block = bb.block(bb.depth - 1)
+        s_post = _cosine(trunk.outputs[o.post_adjust_idx][:, 1:])
+        w_post = _row_normalised(torch.where(s_post < o.beta, 0.0, s_post))
+
+        y = self._attention(block, block.ln_1(patches), s_mid) + o.res_cls * cls_pen
+        y = w_post @ y
+
+        fused = sum(trunk.outputs[i] for i in range(o.multi_start_idx, o.multi_end_idx))
+        y2 = self._attention(block, block.ln_1(fused[:, 1:]), s_mid) + o.res_cls * fused[:, :1]
+        y = y + w_post @ y2
+        return bb.head(y)

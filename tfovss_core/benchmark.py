@@ -308,12 +308,15 @@ class BenchmarkRunner:
     ``importers`` maps a dataset name to an importer (:func:`tfovss_core.datasets.get_importer` or
     the plugin's FiftyOne importer). ``model``: an already loaded :class:`ClipModel` (then
     ``weights`` only labels the output); otherwise ``weights.load(device)`` runs once, lazily.
+    ``segmenter_factory(spec)`` replaces building a :class:`Segmenter` (tests, custom pipelines):
+    it returns an object with ``predict(path).mask``, ``num_classes`` and ``describe()``.
     """
 
     def __init__(self, methods: Sequence[str], importers: dict, weights: Weights, out: str | Path,
                  *, limit: int | None = None, device=None, overrides: dict | None = None,
                  save_masks: bool = False, recompute: bool = False, progress: bool = True,
-                 log: Callable[[str], None] = print, model=None):
+                 log: Callable[[str], None] = print, model=None,
+                 segmenter_factory: Callable[[RunSpec], Any] | None = None):
         if not methods:
             raise BenchmarkError("no methods given")
         if not importers:
@@ -330,6 +333,7 @@ class BenchmarkRunner:
         self.progress = progress
         self.log = log
         self._model = model
+        self.segmenter_factory = segmenter_factory
         self.model_loaded = False
         self.results: list[RunResult] = []
 
@@ -354,6 +358,8 @@ class BenchmarkRunner:
         return self._model
 
     def _segmenter(self, spec: RunSpec):
+        if self.segmenter_factory is not None:
+            return self.segmenter_factory(spec)
         from .inference import Segmenter
 
         imp = spec.importer

@@ -1,0 +1,264 @@
+"""``tfovss benchmark``: resumable runs, the papers' table layout, the CLI end to end on the shared
+samples with the golden synthetic ViT-B/16 weights, and the FiftyOne side (``--fiftyone``)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tfovss_core import benchmark as bm
+from tfovss_core.datasets import get_importer
+from tfovss_core.metrics import SegmentationMetric
+
+from conftest import DATA, GOLDEN, REPO_ROOT
+
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared sample data not found")
+
+
+class FakeSegmenter:
+    """Deterministic 'predictions' from the image bytes (no model): counts its calls."""
+
+    calls = 0
+
+    def __init__(self, num_classes: int, seed: int = 0):
+        self.num_classes = num_classes
+        self.seed = seed
+
+    def predict(self, path):
+        FakeSegmenter.calls += 1
+        with Image.open(path) as im:
+            w, h = im.size
+        rng = np.random.default_rng(zlib.crc32(f"{path}:{self.seed}".encode()))
+        coarse = rng.integers(0, self.num_classes, (4, 4))
+        mask = np.kron(coarse, np.ones((h // 4 + 1, w // 4 + 1), int))[:h, :w].astype(np.uint8)
+        return type("R", (), {"mask": mask})()
+
+    def describe(self):
+        return {"settings": {"short_side": 336, "crop": 224, "stride": 112, "logit_scale": 40,
+                             "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0,
+                             "templates": "fake"}}
+
+
+def _fake_weights():
+    return bm.Weights("fake", "ViT-B-16", "fake-weights", "fake", synthetic=True,
+                      loader=lambda device: pytest.fail("the model must not be loaded"))
+
+
+def _runner(out, importers, limit=None, **kw):
+    return bm.BenchmarkRunner(["sclip", "naclip"], importers, _fake_weights(), out, limit=limit,
+                              progress=False, log=lambda s: None,
+                              segmenter_factory=lambda spec: FakeSegmenter(
+                                  spec.importer.num_classes, seed=len(spec.method)), **kw)
+
+
+@needs_data
+def test_runner_resumes_without_recomputing(tmp_path):
+    imps = {"voc21": get_importer("voc21", DATA), "ade20k": get_importer("ade20k", DATA)}
+    FakeSegmenter.calls = 0
+    first = _runner(tmp_path, imps, limit=2).run()
+    assert FakeSegmenter.calls == 2 * (1 + 2)
+    assert [r.computed for r in first] == [1, 2, 1, 2] and all(r.resumed == 0 for r in first)
+
+    # the metric equals a direct accumulation of the same predictions
+    seg = FakeSegmenter(150, seed=len("sclip"))
+    direct = SegmentationMetric(150)
+    for s in imps["ade20k"].samples(limit=2):
+        direct.update(seg.predict(s.image_path).mask, s.load_gt())
+    r = next(r for r in first if (r.spec.method, r.spec.dataset) == ("sclip", "ade20k"))
+    assert r.metrics["mIoU"] == pytest.approx(direct.compute()["mIoU"])
+
+    FakeSegmenter.calls = 0
+    second = _runner(tmp_path, imps, limit=2).run()
+    assert FakeSegmenter.calls == 0  # nothing recomputed
+    assert all(r.computed == 0 and r.resumed == r.num_images for r in second)
+    for a, b in zip(first, second):
+        assert a.spec.key == b.spec.key and a.metrics["mIoU"] == b.metrics["mIoU"]
+
+    # a larger --limit computes only the new image
+    third = _runner(tmp_path, imps, limit=3).run()
+    assert FakeSegmenter.calls == 2 and [r.computed for r in third] == [0, 1, 0, 1]
+
+    # a line cut short by an interruption is dropped and that image recomputed
+    rec = third[1].spec.records_path
+    data = rec.read_bytes()
+    rec.write_bytes(data[: data.rstrip(b"\n").rfind(b"\n") + 1] + b'{"id":"ADE_val_0000')
+    FakeSegmenter.calls = 0
+    fourth = _runner(tmp_path, imps, limit=3).run()
+    assert FakeSegmenter.calls == 1 and fourth[1].computed == 1
+    assert fourth[1].metrics["mIoU"] == pytest.approx(third[1].metrics["mIoU"])
+    assert len(bm.read_records(rec)) == 3
+
+    # other settings -> another run key and folder
+    other = _runner(tmp_path, imps, limit=1, overrides={"logit_scale": 10}).plan()
+    assert {s.key for s in other}.isdisjoint({r.spec.key for r in first})
+
+
+@needs_data
+def test_tables_in_the_papers_layout(tmp_path):
+    imps = {"ade20k": get_importer("ade20k", DATA), "voc20": get_importer("voc20", DATA),
+            "voc21": get_importer("voc21", DATA)}
+    results = _runner(tmp_path, imps, limit=1).run()
+    t = bm.build_tables(results, _fake_weights(), limit=1)
+    assert t["columns"] == ["VOC21", "VOC20", "ADE"]  # papers' order, whatever the CLI order
+    assert [r["method"] for r in t["rows"]] == ["sclip", "naclip"]
+    for row in t["rows"]:
+        vals = [row["mIoU"][d] for d in t["datasets"]]
+        assert row["avg"] == pytest.approx(round(np.mean(vals), 2), abs=0.006)
+    paths = bm.write_outputs(t, tmp_path / "out")
+    md = paths["md"].read_text()
+    assert "SYNTHETIC WEIGHTS" in md
+    assert "| Method | VOC21 | VOC20 | ADE | Avg |" in md
+    assert "| SCLIP (SYNTHETIC WEIGHTS) |" in md and "## Settings used" in md
+    assert "ADE: 1 images (first 1 of 3: --limit)" in md
+    csv_lines = paths["csv"].read_text().splitlines()
+    assert csv_lines[0] == "method,VOC21,VOC20,ADE,Avg,arch,weights"
+    assert csv_lines[1].startswith("SCLIP,") and "SYNTHETIC WEIGHTS" in csv_lines[1]
+    js = json.loads(paths["json"].read_text())
+    assert js["synthetic_weights"] is True
+    ade = js["details"]["sclip"]["ade20k"]
+    assert len(ade["IoU"]) == 150 and ade["num_images"] == 1 and ade["total_images"] == 3
+    st = json.loads(paths["settings"].read_text())
+    assert st["runs"]["sclip"]["voc21"]["inputs"]["preset_settings"]["logit_scale"] == 65
+
+
+def test_weights_specs(tmp_path):
+    w = bm.resolve_weights("ViT-B/16", "openai")
+    assert (w.label, w.synthetic, w.identity) == ("openai", False, "tag:openai")
+    f = tmp_path / "w.pt"
+    f.write_bytes(b"x")
+    w = bm.resolve_weights("ViT-B/16", str(f))
+    assert w.label == "file:w.pt" and w.identity.startswith("file:")
+    w = bm.resolve_weights("ViT-B/16", "tiny:seed3")
+    assert w.synthetic and w.arch == "tiny" and w.label == "tiny:seed3"
+    env = os.environ.pop(bm.ENV_SYNTHETIC_SCRIPT, None)
+    try:
+        with pytest.raises(bm.BenchmarkError, match="--synthetic-weights-script"):
+            bm.resolve_weights("ViT-B/16", "synthetic:seed0")
+    finally:
+        if env is not None:
+            os.environ[bm.ENV_SYNTHETIC_SCRIPT] = env
+    with pytest.raises(bm.BenchmarkError, match="does not exist"):
+        bm.resolve_weights("ViT-B/16", str(tmp_path / "missing.pt"))
+
+
+def _cli(args, env_extra=None, timeout=600):
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "tfovss_core.benchmark", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+
+
+def test_cli_reports_missing_data(tmp_path):
+    p = _cli(["--methods", "sclip", "--datasets", "context60", "cityscapes", "--root",
+              str(tmp_path), "--pretrained", "tiny"])
+    assert p.returncode == 2
+    assert "context60: no Pascal Context (VOC2010) folder" in p.stderr
+    assert "cityscapes: no Cityscapes folder" in p.stderr
+    p = _cli(["--methods", "nosuchmethod", "--datasets", "voc21", "--root", str(tmp_path)])
+    assert p.returncode == 2 and "unknown method" in p.stderr
+
+
+@needs_data
+@pytest.mark.skipif(not (GOLDEN / "make_weights.py").is_file(), reason="golden weights script")
+def test_cli_end_to_end_with_synthetic_weights(tmp_path):
+    """The acceptance run: shared samples, synthetic ViT-B/16 weights, a table; then a second run
+    that resumes everything without loading the model."""
+    out = tmp_path / "bench"
+    args = ["--methods", "sclip", "--datasets", "voc21", "ade20k", "--root", str(DATA),
+            "--arch", "ViT-B/16", "--pretrained", "synthetic:seed0", "--limit", "1",
+            "--out", str(out), "--set", "templates=single", "--no-progress"]
+    env = {bm.ENV_SYNTHETIC_SCRIPT: str(GOLDEN / "make_weights.py")}
+    p = _cli(args, env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Computed 2 images, resumed 0." in p.stdout
+    md = (out / "results.md").read_text()
+    assert "SYNTHETIC WEIGHTS" in md and "| Method | VOC21 | ADE | Avg |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| SCLIP"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 4 and all(c.replace(".", "").isdigit() for c in cells[1:])
+    runs = sorted((out / "runs").glob("sclip__*"))
+    assert len(runs) == 2
+    before = {r: (r / "images.jsonl").read_bytes() for r in runs}
+    assert all(len(v.splitlines()) == 1 for v in before.values())
+
+    p2 = _cli(args, env)
+    assert p2.returncode == 0, p2.stdout + p2.stderr
+    assert "Nothing recomputed: all 2 image results were resumed" in p2.stdout
+    assert "the model was not loaded" in p2.stdout and "loading" not in p2.stdout
+    assert {r: (r / "images.jsonl").read_bytes() for r in runs} == before
+    assert row in (out / "results.md").read_text()
+
+
+# ----------------------------------------------------------------------------------- FiftyOne
+
+@pytest.fixture(scope="module")
+def fo():
+    if "fiftyone" not in sys.modules:  # isolated database unless a conftest already set one
+        tmp = tempfile.mkdtemp(prefix="tfovss-bench-fo-")
+        os.environ.setdefault("FIFTYONE_DATABASE_DIR", os.path.join(tmp, "db"))
+        os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+        os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+        os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
+    fo = pytest.importorskip("fiftyone")
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    pytest.importorskip("plugin.evaluation")
+    return fo
+
+
+@needs_data
+def test_fiftyone_benchmark_datasets_and_stored_runs(tmp_path, fo):
+    import plugin.benchmarks as pb
+
+    prefix = f"tfovss-test-{os.getpid()}"
+    imps = {"voc21": get_importer("voc21", DATA), "ade20k": get_importer("ade20k", DATA)}
+    runner = _runner(tmp_path, imps, limit=2, save_masks=True)
+    results = runner.run()
+    tables = bm.build_tables(results, _fake_weights(), limit=2)
+    lines = list(pb.store_runs(results, tables, prefix=prefix, persistent=False))
+    assert len(lines) == 4 and all("SYNTHETIC WEIGHTS" in line for line in lines)
+    try:
+        ade = fo.load_dataset(f"{prefix}-ade20k-val")
+        assert len(ade) == 2
+        assert ade.mask_targets["ground_truth"][0] == "wall"
+        s = ade.match(fo.ViewField("tfovss_id") == "ADE_val_00000001").first()
+        gt = s["ground_truth"].get_mask()
+        assert (gt == next(iter(imps["ade20k"])).load_gt()).all()
+        keys = ade.list_evaluations()
+        assert {"eval_sclip_vit_b_16_synthetic", "eval_naclip_vit_b_16_synthetic"} <= set(keys)
+        for r in results:
+            if r.spec.dataset != "ade20k":
+                continue
+            key = f"eval_{r.spec.method}_vit_b_16_synthetic"
+            res = ade.load_evaluation_results(key)
+            assert res.mIoU == pytest.approx(r.metrics["mIoU"])  # same number as the table
+            assert ade.info["tfovss_runs"][key]["label"] == "SYNTHETIC WEIGHTS"
+        # a second store (e.g. a resumed run) completes and overwrites, never duplicates
+        list(pb.store_runs(results, tables, prefix=prefix, persistent=False))
+        assert len(fo.load_dataset(f"{prefix}-ade20k-val")) == 2
+
+        # a user's own FiftyOne dataset as a benchmark
+        own = pb.FiftyOneImporter(ade, gt_field="ground_truth")
+        assert own.num_classes == 150 and own.preset_name is None
+        own.check()
+        s0 = next(iter(own))
+        assert (s0.load_gt() == ade.select(s0.id).first()["ground_truth"].get_mask()).all()
+        res2 = _runner(tmp_path / "own", {own.name: own}, save_masks=True).run()
+        assert all(r.evaluated == 2 for r in res2)
+        t2 = bm.build_tables(res2, _fake_weights())
+        list(pb.store_runs(res2, t2, prefix=prefix, persistent=False))
+        assert ade.load_evaluation_results("eval_sclip_vit_b_16_synthetic").mIoU == \
+            pytest.approx(next(r for r in res2 if r.spec.method == "sclip").metrics["mIoU"])
+    finally:
+        for name in fo.list_datasets():
+            if name.startswith(prefix):
+                fo.delete_dataset(name)

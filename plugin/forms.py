@@ -1,0 +1,152 @@
+"""Small helpers that build operator forms and read their parameters (no heavy imports)."""
+from __future__ import annotations
+
+import time
+
+from fiftyone.operators import types
+
+#: parameter-name prefix of method options in the pre-label form
+OPT_PREFIX = "opt_"
+
+DRIVER_SETTINGS = (
+    # name, type, label, description
+    ("prob_thd", "float", "Background threshold",
+     "Pixels whose top class probability is below this go to the first class (background). "
+     "Empty: the method's / preset's default."),
+    ("short_side", "int", "Short side", "Resize the image's short side to this before CLIP "
+     "(empty: method default, e.g. 336)."),
+    ("crop", "int", "Window size", "Sliding-window size in pixels (0: whole image at once)."),
+    ("stride", "int", "Window stride", "Sliding-window stride in pixels."),
+    ("logit_scale", "float", "Logit scale", "Softmax temperature on cosine similarities."),
+    ("area_thd", "float", "Area threshold", "Drop foreground classes covering at most this "
+     "share of the foreground."),
+    ("pamr_steps", "int", "PAMR steps", "Pixel-adaptive mask refinement iterations (0: off)."),
+    ("templates", "str", "Prompt templates", "Template set name (e.g. openai_imagenet) or "
+     "templates separated by '|', each with {}."),
+)
+
+
+def segmentation_fields(dataset) -> list[str]:
+    import fiftyone as fo
+
+    if dataset is None:
+        return []
+    return sorted(dataset.get_field_schema(embedded_doc_type=fo.Segmentation).keys())
+
+
+def add_choice(inputs, name, values, *, default=None, label=None, description=None,
+               required=True, radio=False, labels=None):
+    """An enum with a dropdown (or radio group) whose choice labels may differ from values."""
+    view = types.RadioGroup() if radio else types.DropdownView()
+    for v in values:
+        view.add_choice(v, label=(labels or {}).get(v, v))
+    return inputs.enum(name, list(values), default=default, label=label,
+                       description=description, required=required, view=view)
+
+
+def add_optional_number(inputs, name, kind, label, description, default=None):
+    if kind == "int":
+        return inputs.int(name, label=label, description=description, default=default,
+                          required=False)
+    if kind == "float":
+        return inputs.float(name, label=label, description=description, default=default,
+                            required=False)
+    return inputs.str(name, label=label, description=description, default=default,
+                      required=False)
+
+
+def add_method_options(inputs, options: list[dict]) -> None:
+    """One input per method option (``tfovss_core.describe_method(m)["options"]``)."""
+    for opt in options:
+        name = OPT_PREFIX + opt["name"]
+        typ = str(opt.get("type", ""))
+        doc = opt.get("doc") or ""
+        default = opt.get("default")
+        label = opt["name"].replace("_", " ")
+        if opt.get("choices"):
+            choices = [str(c) for c in opt["choices"]]
+            add_choice(inputs, name, choices, default=str(default) if default is not None
+                       else None, label=label, description=doc, required=False)
+        elif "bool" in typ:
+            inputs.bool(name, default=bool(default), label=label, description=doc,
+                        view=types.CheckboxView())
+        elif "int" in typ and "float" not in typ and "tuple" not in typ:
+            inputs.int(name, default=default, label=label, description=doc, required=False)
+        elif "float" in typ:
+            inputs.float(name, default=default, label=label, description=doc, required=False)
+        else:
+            inputs.str(name, default=None if default is None else _to_text(default), label=label,
+                       description=doc, required=False)
+
+
+def read_method_options(params: dict, options: list[dict]) -> dict:
+    out = {}
+    for opt in options:
+        key = OPT_PREFIX + opt["name"]
+        if key not in params or params[key] is None or params[key] == "":
+            continue
+        value = params[key]
+        default = opt.get("default")
+        if opt.get("choices") and default is not None and not isinstance(default, str):
+            for c in opt["choices"]:
+                if str(c) == str(value):
+                    value = c
+        out[opt["name"]] = value
+    return out
+
+
+def read_settings(params: dict) -> dict:
+    out = {}
+    for name, kind, _, _ in DRIVER_SETTINGS:
+        v = params.get(name)
+        if v is None or v == "":
+            continue
+        if name == "templates" and isinstance(v, str) and "|" in v:
+            v = [t.strip() for t in v.split("|") if t.strip()]
+        out[name] = v
+    return out
+
+
+def _to_text(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    return str(v)
+
+
+def error(inputs, name: str, message: str):
+    inputs.view(name, types.Error(label=message))
+
+
+def warning(inputs, name: str, message: str):
+    inputs.view(name, types.Warning(label=message))
+
+
+def notice(inputs, name: str, message: str):
+    inputs.view(name, types.Notice(label=message))
+
+
+def path_param(value):
+    """A path from a str or a FileExplorerView value ``{"absolute_path": ...}``."""
+    if isinstance(value, dict):
+        return value.get("absolute_path") or value.get("path")
+    return value
+
+
+class Progress:
+    """Throttled ``ctx.set_progress`` (immediate runs would otherwise flood the App log)."""
+
+    def __init__(self, ctx, every_s: float = 2.0):
+        self.ctx = ctx
+        self.every = 0.5 if getattr(ctx, "delegated", False) else every_s
+        self.last = 0.0
+
+    def __call__(self, done, total, label=None):
+        now = time.time()
+        if done < total and now - self.last < self.every:
+            return
+        self.last = now
+        try:
+            self.ctx.set_progress(progress=(done / total) if total else 1.0,
+                                  label=label or f"{done}/{total}")
+        except Exception:  # progress is cosmetic: never kill a run for it
+            pass

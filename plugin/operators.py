@@ -1,0 +1,467 @@
+"""Operators of the ``@tfovss/ovss`` plugin: thin forms over :mod:`plugin.prelabel`,
+:mod:`plugin.evaluation` and :mod:`plugin.export`. Heavy imports happen inside the methods."""
+from __future__ import annotations
+
+import fiftyone.operators as foo
+from fiftyone.operators import types
+
+from . import forms
+
+#: views larger than this default to delegated (background) execution
+DELEGATE_ABOVE = 25
+
+VOCAB_SOURCES = ("text", "mask_targets", "preset")
+_VOCAB_LABELS = {"text": "Free text (one class per line, synonyms comma-separated)",
+                 "mask_targets": "A field's mask_targets (the dataset's own classes)",
+                 "preset": "A benchmark preset (its class names and official settings)"}
+_DEFAULT_VOCAB = "background\ncat, kitten\ndog, puppy\nperson, man, woman"
+_ADDONS = ("lht", "atr", "ssr", "she")
+
+
+def _core():
+    import tfovss_core
+
+    return tfovss_core
+
+
+def _method_info(method: str) -> dict:
+    try:
+        return _core().describe_method(method)
+    except Exception:
+        return {"options": []}
+
+
+def _addons_supported(host: str) -> bool:
+    try:
+        _core().describe_method(f"{host}+lht")
+        return True
+    except Exception:
+        return False
+
+
+def _full_method(params) -> str:
+    method = params.get("method") or "sclip"
+    addons = [a for a in _ADDONS if params.get(f"addon_{a}")]
+    return "+".join([method] + addons) if addons else method
+
+
+def _target_count(ctx) -> int:
+    try:
+        return len(ctx.target_view())
+    except Exception:
+        return 0
+
+
+def _mask_targets_choices(dataset) -> dict[str, dict]:
+    out = {}
+    if dataset is None:
+        return out
+    for f, t in (dataset.mask_targets or {}).items():
+        if t:
+            out[f] = t
+    if dataset.default_mask_targets:
+        out["(dataset default)"] = dataset.default_mask_targets
+    return out
+
+
+def _fail(message: str):
+    raise ValueError(message)
+
+
+class PrelabelSegmentation(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="prelabel_segmentation",
+            label="Pre-label with open-vocabulary segmentation",
+            description="Segment the target samples with a training-free open-vocabulary "
+                        "method (SCLIP, ClearCLIP, NACLIP, ...) and your vocabulary",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=False,
+        )
+
+    def resolve_execution_options(self, ctx):
+        from fiftyone.operators.executor import ExecutionOptions
+
+        return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=True,
+                                default_choice_to_delegated=_target_count(ctx) > DELEGATE_ABOVE)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        ctx.target_view()  # offers dataset / current view / selected samples
+        params = ctx.params
+        ds = ctx.dataset
+        core = _core()
+
+        # -- method -------------------------------------------------------------------------
+        methods = core.list_methods()
+        forms.add_choice(inputs, "method", methods, default="sclip" if "sclip" in methods
+                         else methods[0], label="Method",
+                         description="Training-free OVSS method")
+        method = params.get("method") or ("sclip" if "sclip" in methods else methods[0])
+        if _addons_supported(method):
+            for a in _ADDONS:
+                inputs.bool(f"addon_{a}", default=False, label=f"LHT add-on: {a.upper()}",
+                            view=types.CheckboxView())
+        full = _full_method(params)
+        info = _method_info(full)
+        if info.get("options"):
+            inputs.view("options_header", types.Header(label=f"{full} options", divider=True))
+            forms.add_method_options(inputs, info["options"])
+
+        # -- backbone -----------------------------------------------------------------------
+        inputs.view("backbone_header", types.Header(label="Backbone", divider=True))
+        inputs.str("arch", default="ViT-B-16", required=True, label="Architecture",
+                   description="open_clip architecture, e.g. ViT-B-16, ViT-L-14")
+        inputs.str("pretrained", default="openai", required=True, label="Pretrained weights",
+                   description="A pretrained tag (openai, laion2b_s34b_b88k, ...) or the path "
+                               "of a local checkpoint")
+
+        # -- vocabulary ---------------------------------------------------------------------
+        inputs.view("vocab_header", types.Header(label="Vocabulary", divider=True))
+        mt_choices = _mask_targets_choices(ds)
+        sources = [s for s in VOCAB_SOURCES if s != "mask_targets" or mt_choices]
+        source = params.get("vocab_source") or ("mask_targets" if mt_choices else "text")
+        forms.add_choice(inputs, "vocab_source", sources, default=source, label="Classes from",
+                         labels=_VOCAB_LABELS, radio=True)
+        if source == "mask_targets" and mt_choices:
+            names = list(mt_choices)
+            forms.add_choice(inputs, "vocab_field", names, default=names[0],
+                             label="mask_targets of")
+            chosen = params.get("vocab_field") or names[0]
+            t = mt_choices.get(chosen, {})
+            preview = ", ".join(f"{k}: {v}" for k, v in list(sorted(
+                ((int(k), v) for k, v in t.items())))[:30])
+            more = f" (+{len(t) - 30} more)" if len(t) > 30 else ""
+            forms.notice(inputs, "vocab_preview", f"{len(t)} classes: {preview}{more}")
+        elif source == "preset":
+            presets = core.presets.list_presets()
+            forms.add_choice(inputs, "preset", presets, default="voc21" if "voc21" in presets
+                             else presets[0], label="Preset")
+            forms.notice(inputs, "preset_note", "The preset's official settings for the "
+                         "method apply; values set below override them.")
+        else:
+            inputs.str("vocabulary", default=_DEFAULT_VOCAB, required=True,
+                       label="Classes", description="One class per line; synonyms separated "
+                       "by commas; the first line gets the pixels under the background "
+                       "threshold. Optional 'value:' prefixes set the mask values.",
+                       view=types.TextFieldView(multiline=True, rows=6))
+            text = params.get("vocabulary")
+            if text is not None:
+                from .prelabel import PrelabelInputError, parse_vocabulary
+                try:
+                    parse_vocabulary(text)
+                except PrelabelInputError as e:
+                    forms.error(inputs, "vocab_error", str(e))
+
+        # -- settings -----------------------------------------------------------------------
+        inputs.view("settings_header", types.Header(label="Settings", divider=True))
+        for name, kind, label, desc in forms.DRIVER_SETTINGS:
+            forms.add_optional_number(inputs, name, kind, label, desc)
+        inputs.str("device", default="auto", label="Device",
+                   description="auto, cpu, cuda, cuda:1, ...")
+        inputs.int("batch_size", default=8, min=1, label="Batch size",
+                   description="Samples per write batch and CLIP windows per forward pass")
+
+        # -- output -------------------------------------------------------------------------
+        inputs.view("output_header", types.Header(label="Output", divider=True))
+        default_field = f"ovss_{method}"
+        inputs.str("label_field", default=default_field, required=True, label="Output field")
+        field = params.get("label_field") or default_field
+        schema = ds.get_field_schema() if ds is not None else {}
+        if field in schema:
+            import fiftyone as fo
+
+            doc = getattr(schema[field], "document_type", None)
+            if doc is None or not issubclass(doc, fo.Segmentation):
+                prop = inputs.get_property("label_field")
+                prop.invalid = True
+                prop.error_message = f"'{field}' exists and is not a Segmentation field"
+            else:
+                forms.warning(inputs, "exists_warning",
+                              f"Field '{field}' exists. Samples already labelled with the same "
+                              "settings are skipped; labels made otherwise are only replaced "
+                              "if you allow overwriting.")
+                inputs.bool("overwrite", default=False, label="Overwrite existing labels and "
+                            "mask files", view=types.CheckboxView())
+        inputs.bool("skip_labelled", default=True, label="Skip samples already labelled with "
+                    "the same settings (resume)", view=types.CheckboxView())
+        from .prelabel import default_output_dir
+        inputs.str("output_dir", default=default_output_dir(ds) if ds is not None else None,
+                   required=True, label="Mask folder",
+                   description="Masks are written here as PNG files (<field>/<sample id>_"
+                               "<settings hash>.png)")
+        inputs.bool("confidence", default=False, label="Also store the per-pixel confidence "
+                    "as a heatmap field", view=types.CheckboxView())
+        if params.get("confidence"):
+            inputs.str("confidence_field", default=f"{field}_confidence", required=True,
+                       label="Confidence field")
+        n = _target_count(ctx)
+        if n > DELEGATE_ABOVE:
+            forms.notice(inputs, "delegate_note", f"{n} samples: this runs as a delegated "
+                         "operation by default (needs `fiftyone delegated launch`).")
+        return types.Property(inputs, view=types.View(label="Pre-label with open-vocabulary "
+                                                             "segmentation"))
+
+    def execute(self, ctx):
+        from .prelabel import PrelabelInputError, prelabel
+
+        import tfovss_core as tc
+
+        p = ctx.params
+        view = ctx.target_view()
+        full = _full_method(p)
+        info = _method_info(full)
+        source = p.get("vocab_source") or "text"
+        if source == "mask_targets":
+            key = p.get("vocab_field")
+            targets = _mask_targets_choices(ctx.dataset).get(key)
+            if not targets:
+                _fail(f"no mask_targets found for '{key}'")
+            classes = {int(k): v for k, v in targets.items()}
+            vocab_src = f"mask_targets:{key}"
+        elif source == "preset":
+            classes = p.get("preset")
+            vocab_src = f"preset:{classes}"
+        else:
+            classes = p.get("vocabulary") or ""
+            vocab_src = "text"
+        field = p.get("label_field")
+        conf_field = (p.get("confidence_field") or f"{field}_confidence") \
+            if p.get("confidence") else None
+        try:
+            report = prelabel(
+                view, field, classes=classes, method=full,
+                method_options=forms.read_method_options(p, info.get("options", [])),
+                arch=p.get("arch") or "ViT-B-16", pretrained=p.get("pretrained") or "openai",
+                settings=forms.read_settings(p), device=p.get("device") or None,
+                batch_size=int(p.get("batch_size") or 8),
+                output_dir=forms.path_param(p.get("output_dir")),
+                overwrite=bool(p.get("overwrite")),
+                skip_labelled=p.get("skip_labelled", True) is not False,
+                confidence_field=conf_field, progress=forms.Progress(ctx),
+                vocabulary_source=vocab_src)
+        except (PrelabelInputError, tc.TfovssError) as e:
+            _fail(f"Pre-label not started: {e}")
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        out = report.to_dict()
+        out["failures"] = [f"{f['filepath']}: {f['error']}" for f in report.failures]
+        return out
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("field", label="Field")
+        outputs.int("num_labelled", label="Samples labelled")
+        outputs.int("num_skipped", label="Skipped (already labelled, same settings)")
+        outputs.int("num_failed", label="Failed")
+        outputs.list("failures", types.String(), label="Failures")
+        outputs.str("mask_dir", label="Mask folder")
+        outputs.str("settings_hash", label="Settings hash")
+        return types.Property(outputs, view=types.View(label="Pre-label finished"))
+
+
+class EvaluateSegmentations(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="evaluate_segmentations",
+            label="Evaluate segmentations (mIoU)",
+            description="MMSeg-exact mIoU, per-class IoU/accuracy, pixel accuracy, per-sample "
+                        "mIoU and a confusion matrix, stored as a FiftyOne evaluation",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=False,
+        )
+
+    def resolve_execution_options(self, ctx):
+        from fiftyone.operators.executor import ExecutionOptions
+
+        return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=True,
+                                default_choice_to_delegated=_target_count(ctx) > 500)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        ctx.target_view()
+        ds = ctx.dataset
+        params = ctx.params
+        fields = forms.segmentation_fields(ds)
+        if len(fields) < 2:
+            forms.error(inputs, "no_fields", "This evaluation needs two Segmentation fields "
+                        "(predictions and ground truth); the dataset has "
+                        f"{len(fields)}: {fields}")
+            return types.Property(inputs, view=types.View(label="Evaluate segmentations"))
+        gt_guess = next((f for f in fields if "ground" in f or f in ("gt", "labels")),
+                        fields[0])
+        pred_guess = next((f for f in fields if f != gt_guess), fields[0])
+        forms.add_choice(inputs, "pred_field", fields, default=pred_guess,
+                         label="Predictions")
+        forms.add_choice(inputs, "gt_field", fields, default=gt_guess, label="Ground truth")
+        pred = params.get("pred_field") or pred_guess
+        gt = params.get("gt_field") or gt_guess
+        if pred == gt:
+            prop = inputs.get_property("gt_field")
+            prop.invalid = True
+            prop.error_message = "choose two different fields"
+        key_default = f"eval_{pred}"
+        inputs.str("eval_key", default=key_default, required=True, label="Evaluation key")
+        key = params.get("eval_key") or key_default
+        if ds is not None and key in ds.list_evaluations():
+            forms.warning(inputs, "key_exists", f"Evaluation '{key}' exists.")
+            inputs.bool("overwrite", default=False, label="Replace it",
+                        view=types.CheckboxView())
+        forms.add_choice(inputs, "background", ["class", "ignore"], default="class",
+                         label="Background (value 0)", radio=True,
+                         labels={"class": "A class like any other (VOC protocol)",
+                                 "ignore": "Not evaluated (ADE20K reduce_zero_label protocol)"})
+        inputs.int("ignore_index", default=255, label="Ignore index",
+                   description="Ground-truth value that is never evaluated (void)")
+        inputs.str("classes", default=None, required=False, label="Classes (optional)",
+                   description="Comma-separated subset of the ground truth's class names; "
+                               "empty: all classes of its mask_targets")
+        inputs.bool("compute_sample_miou", default=True, label="Write per-sample mIoU "
+                    "(<key>_miou) to sort the worst samples", view=types.CheckboxView())
+        if ds is not None and gt in fields:
+            from .evaluation import EvaluationInputError, resolve_classes
+            try:
+                table = resolve_classes(ds, gt, pred, None)
+                forms.notice(inputs, "classes_note",
+                             f"{len(table)} classes from mask_targets: " +
+                             ", ".join(list(table.values())[:12]) +
+                             (" ..." if len(table) > 12 else ""))
+            except EvaluationInputError as e:
+                forms.warning(inputs, "classes_warn", str(e))
+        return types.Property(inputs, view=types.View(label="Evaluate segmentations"))
+
+    def execute(self, ctx):
+        from .evaluation import EvaluationInputError, run_evaluation
+
+        p = ctx.params
+        view = ctx.target_view()
+        classes = p.get("classes")
+        if classes:
+            classes = [c.strip() for c in str(classes).split(",") if c.strip()]
+        else:
+            classes = None
+        try:
+            res = run_evaluation(
+                view, p.get("pred_field"), p.get("gt_field"), p.get("eval_key"),
+                classes=classes, ignore_index=int(p.get("ignore_index", 255)),
+                background=p.get("background") or "class",
+                compute_sample_miou=p.get("compute_sample_miou", True) is not False,
+                overwrite=bool(p.get("overwrite")), progress=forms.Progress(ctx))
+        except EvaluationInputError as e:
+            _fail(f"Evaluation not run: {e}")
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        s = res.metrics_summary
+        return {
+            "eval_key": p.get("eval_key"),
+            "mIoU": _pct(s.get("mIoU")), "mAcc": _pct(s.get("mAcc")),
+            "aAcc": _pct(s.get("aAcc")),
+            "num_evaluated": s.get("num_evaluated"),
+            "per_class": [f"{c['name']}: IoU {_pct(c['iou'])}, Acc {_pct(c['acc'])}"
+                          for c in res.per_class()],
+        }
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("eval_key", label="Evaluation key")
+        outputs.float("mIoU", label="mIoU (%)")
+        outputs.float("aAcc", label="Pixel accuracy aAcc (%)")
+        outputs.float("mAcc", label="Mean class accuracy mAcc (%)")
+        outputs.int("num_evaluated", label="Samples evaluated")
+        outputs.list("per_class", types.String(), label="Per class")
+        return types.Property(outputs, view=types.View(label="Evaluation finished"))
+
+
+def _pct(v):
+    import math
+
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return round(100.0 * float(v), 2)
+
+
+class ExportCocoMasks(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="export_coco_masks",
+            label="Export COCO masks",
+            description="Write a Segmentation field as COCO annotations (compressed RLE or "
+                        "polygons) with pycocotools",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=False,
+        )
+
+    def resolve_input(self, ctx):
+        import os
+
+        import fiftyone as fo
+
+        inputs = types.Object()
+        ctx.target_view()
+        ds = ctx.dataset
+        params = ctx.params
+        fields = forms.segmentation_fields(ds)
+        if not fields:
+            forms.error(inputs, "no_fields", "The dataset has no Segmentation field to export")
+            return types.Property(inputs, view=types.View(label="Export COCO masks"))
+        forms.add_choice(inputs, "label_field", fields, default=fields[0], label="Field")
+        field = params.get("label_field") or fields[0]
+        default_path = os.path.join(fo.config.default_dataset_dir, "tfovss_export",
+                                    ds.name, f"{field}_coco.json")
+        inputs.str("labels_path", default=default_path, required=True, label="COCO JSON path")
+        forms.add_choice(inputs, "encoding", ["rle", "polygon"], default="rle",
+                         label="Encoding", radio=True,
+                         labels={"rle": "Compressed RLE (exact)",
+                                 "polygon": "Polygons (pixel-edge outlines, exact unless "
+                                            "simplified)"})
+        if params.get("encoding") == "polygon":
+            inputs.float("tolerance", default=0.0, min=0.0, label="Simplification tolerance "
+                         "(px, 0 = exact)")
+        forms.add_choice(inputs, "split", ["class", "component"], default="class",
+                         label="Annotations", radio=True,
+                         labels={"class": "One per class per image",
+                                 "component": "One per connected region"})
+        inputs.bool("include_background", default=False, label="Export value 0 (background) "
+                    "as a category too", view=types.CheckboxView())
+        path = params.get("labels_path") or default_path
+        if os.path.exists(path):
+            forms.warning(inputs, "path_exists", f"'{path}' exists.")
+            inputs.bool("overwrite", default=False, label="Overwrite it",
+                        view=types.CheckboxView())
+        mt = (ds.mask_targets or {}).get(field) or ds.default_mask_targets
+        if not mt:
+            forms.error(inputs, "no_targets", f"'{field}' has no mask_targets: set its class "
+                        "names first")
+        return types.Property(inputs, view=types.View(label="Export COCO masks"))
+
+    def execute(self, ctx):
+        from .export import ExportInputError, export_coco_masks
+
+        p = ctx.params
+        try:
+            out = export_coco_masks(
+                ctx.target_view(), p.get("label_field"), forms.path_param(p.get("labels_path")),
+                encoding=p.get("encoding") or "rle", split=p.get("split") or "class",
+                include_background=bool(p.get("include_background")),
+                tolerance=float(p.get("tolerance") or 0.0),
+                overwrite=bool(p.get("overwrite")), progress=forms.Progress(ctx))
+        except ExportInputError as e:
+            _fail(f"Export not written: {e}")
+        return out
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("labels_path", label="Written")
+        outputs.int("num_images", label="Images")
+        outputs.int("num_annotations", label="Annotations")
+        outputs.int("num_categories", label="Categories")
+        return types.Property(outputs, view=types.View(label="COCO export finished"))

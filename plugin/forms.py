@@ -35,8 +35,13 @@ def segmentation_fields(dataset) -> list[str]:
 
 
 def add_choice(inputs, name, values, *, default=None, label=None, description=None,
-               required=True, radio=False, labels=None):
-    """An enum with a dropdown (or radio group) whose choice labels may differ from values."""
+               required=None, radio=False, labels=None):
+    """An enum with a dropdown (or radio group) whose choice labels may differ from values.
+
+    Required only when it has no default (the operators apply the same defaults themselves, so
+    Python callers of ``execute_operator`` may leave such parameters out)."""
+    if required is None:
+        required = default is None
     view = types.RadioGroup() if radio else types.DropdownView()
     for v in values:
         view.add_choice(v, label=(labels or {}).get(v, v))

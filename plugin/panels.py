@@ -43,6 +43,13 @@ def _run_rows(dataset) -> list[dict]:
             continue
         summary = getattr(res, "metrics_summary", None)
         pre = getattr(cfg, "prelabel", None) or {}
+        if not pre:  # runs stored by `tfovss benchmark --fiftyone`
+            bench = ((dataset.info or {}).get("tfovss_runs") or {}).get(key) or {}
+            if bench:
+                pre = {"method": bench.get("method"), "arch": bench.get("arch"),
+                       "pretrained": ("SYNTHETIC " if bench.get("synthetic_weights") else "")
+                       + str(bench.get("weights") or ""),
+                       "vocabulary_source": "benchmark"}
         settings = pre.get("settings") or {}
         short = ", ".join(f"{k}={settings[k]}" for k in ("short_side", "crop", "stride",
                                                           "prob_thd", "logit_scale")

@@ -103,6 +103,7 @@ def store_run(ds, result, tables: dict, *, id_field: str = ID_FIELD, gt_field: s
         "synthetic_weights": tables["synthetic_weights"], "settings_key": spec.key,
         "run_dir": str(spec.dir), "num_images": len(masks),
         "mIoU_benchmark": None if result.metrics is None else 100 * result.metrics["mIoU"],
+        "settings": _run_settings(result),
     }
     if tables["synthetic_weights"]:
         runs[eval_key]["label"] = "SYNTHETIC WEIGHTS"
@@ -115,6 +116,16 @@ def store_run(ds, result, tables: dict, *, id_field: str = ID_FIELD, gt_field: s
                          ignore_index=imp.ignore_index, background="class", overwrite=True)
     miou = _miou_pct(res)
     return field, eval_key, miou
+
+
+def _run_settings(result) -> dict:
+    """The settings the run's segmenter used (or the preset's, when it was never built here)."""
+    seg = (result.describe or {}).get("settings")
+    if seg:
+        return dict(seg)
+    inputs = result.spec.hash_inputs
+    return {**(inputs.get("method_defaults") or {}), **(inputs.get("preset_settings") or {}),
+            **(inputs.get("overrides") or {})}
 
 
 def _miou_pct(res) -> float:

@@ -106,7 +106,7 @@ def read_settings(params: dict) -> dict:
         v = params.get(name)
         if v is None or v == "":
             continue
-        if name == "templates" and isinstance(v, str) and "|" in v:
+        if name == "templates" and isinstance(v, str) and ("|" in v or "{}" in v):
             v = [t.strip() for t in v.split("|") if t.strip()]
         out[name] = v
     return out

@@ -18,6 +18,7 @@ them in ``<label_field>_segmentation`` / ``<label_field>_confidence``).
 """
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from typing import Mapping
@@ -29,21 +30,33 @@ import fiftyone.core.models as fom
 _CACHE: "OrderedDict[tuple, object]" = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 2
+#: ``pretrained="tiny:seedN"``: the tiny random CLIP of ``tfovss_core.testing`` (SYNTHETIC: its
+#: masks mean nothing; labels made with it carry ``synthetic=True``), whatever ``arch`` says
+_TINY_RE = re.compile(r"^tiny(?::(?:seed)?=?(\d+))?$")
 
 
 def get_clip(arch: str, pretrained, device=None):
-    """``tfovss_core.load_clip`` with a small in-process cache (operators re-run cheaply)."""
+    """``tfovss_core.load_clip`` with a small in-process cache (operators re-run cheaply).
+
+    ``pretrained``: an open_clip tag, a local checkpoint path, a state dict, or ``"tiny:seedN"``
+    (synthetic tiny CLIP for trying things out)."""
     import tfovss_core as tc
 
     dev = None if device in (None, "", "auto") else str(device)
     if isinstance(pretrained, Mapping):  # a state dict: no caching
         return tc.load_clip(arch, pretrained, device=dev)
-    key = (str(arch), str(pretrained), dev)
+    tiny = _TINY_RE.match(str(pretrained).strip())
+    key = ("tiny", f"seed{tiny.group(1) or 0}", dev) if tiny else (str(arch), str(pretrained), dev)
     with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    model = tc.load_clip(arch, pretrained, device=dev)
+    if tiny:  # synthetic random weights: try the plugin without downloading anything
+        from tfovss_core.testing import tiny_clip
+
+        model = tiny_clip(seed=int(tiny.group(1) or 0), device=dev)
+    else:
+        model = tc.load_clip(arch, pretrained, device=dev)
     with _CACHE_LOCK:
         _CACHE[key] = model
         while len(_CACHE) > _CACHE_SIZE:
@@ -171,6 +184,9 @@ def load_ovss_model(method: str = "sclip", classes=None, arch: str = "ViT-B-16",
     """Builds an :class:`OVSSModel`; ``options`` are driver settings and method options by name
     (unknown names raise ``tfovss_core.ConfigError``)."""
     settings = {k: v for k, v in options.items() if k in _SETTING_KEYS}
+    t = settings.get("templates")
+    if isinstance(t, str) and ("{}" in t or "|" in t):  # "a photo of a {}.|a {}." -> list
+        settings["templates"] = [x.strip() for x in t.split("|") if x.strip()]
     method_options = {k: v for k, v in options.items() if k not in _SETTING_KEYS}
     cfg = OVSSModelConfig(method=method, classes=classes, arch=arch, pretrained=pretrained,
                           device=device, confidence=confidence, method_options=method_options,

@@ -1,0 +1,216 @@
+"""Command line: ``tfovss segment | methods | presets | benchmark``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+SYNTHETIC_BANNER = "SYNTHETIC WEIGHTS - random CLIP, output is NOT a real segmentation"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_sets(items: list[str] | None) -> dict:
+    """``--set key=value`` pairs; values are JSON when they parse as JSON (numbers, lists, null)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def parse_classes(text: str):
+    """A preset name, a class file, or inline ``"cat; dog; person, man"`` (``;`` between classes,
+    ``,`` between synonyms)."""
+    from . import presets
+    from .text import parse_class_text
+    if text in presets.list_presets() or Path(text).is_file():
+        return text
+    return parse_class_text(text)
+
+
+def is_synthetic(pretrained: str | None) -> bool:
+    return bool(pretrained) and str(pretrained).startswith("synthetic")
+
+
+def load_model(arch: str, pretrained: str, device: str | None):
+    """``--pretrained synthetic[:SEED]`` builds a seeded random CLIP of ``arch``; anything else goes
+    to :func:`tfovss_core.load_clip` (tag or local file)."""
+    import torch
+
+    from .model import load_clip
+    if is_synthetic(pretrained):
+        seed = int(pretrained.split(":", 1)[1]) if ":" in pretrained else 0
+        torch.manual_seed(seed)
+        model = load_clip(arch, None, device=device)
+        model.pretrained = f"synthetic:{seed}"
+        return model
+    return load_clip(arch, pretrained, device=device)
+
+
+def expand_images(paths: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
+def cmd_segment(args) -> int:
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from . import Segmenter
+    from .errors import TfovssError, WeightsError
+    from .imageio import load_image
+    from .visualize import overlay, save_index_mask
+
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    try:
+        model = load_model(args.arch, args.pretrained, args.device)
+    except WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if not is_synthetic(args.pretrained):
+            print("hint: without network access, `--pretrained synthetic` runs the pipeline end to end on "
+                  "random weights (outputs are labelled as synthetic).", file=sys.stderr)
+        return 2
+    synthetic = is_synthetic(args.pretrained)
+    try:
+        seg = Segmenter(model, method=args.method, classes=parse_classes(args.classes), **parse_sets(args.set))
+    except TfovssError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = expand_images(args.images)
+    if not images:
+        print("error: no images given", file=sys.stderr)
+        return 2
+    if synthetic:
+        print(f"NOTE: {SYNTHETIC_BANNER}", file=sys.stderr)
+    t0 = time.time()
+    text = seg.text_features  # encoded (or loaded from the cache) once, before the progress bar
+    del text
+    failures: list[tuple[str, str]] = []
+    written: list[dict] = []
+    stems: set[str] = set()
+    for path in tqdm(images, desc=f"{seg.method.name}", unit="img", disable=args.quiet):
+        stem = path.stem if path.stem not in stems else f"{path.stem}_{len(stems)}"
+        stems.add(stem)
+        mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.jpg"
+        if not args.overwrite and (mask_path.exists() or overlay_path.exists()):
+            failures.append((str(path), f"output {mask_path.name} exists (use --overwrite to replace it)"))
+            continue
+        try:
+            rgb = load_image(path)
+            res = seg.predict(rgb, name=str(path))
+        except TfovssError as exc:
+            failures.append((str(path), str(exc)))
+            continue
+        save_index_mask(res.mask, mask_path, seg.num_classes)
+        overlay(rgb, res.mask, res.class_names, banner=SYNTHETIC_BANNER if synthetic else None).save(overlay_path, quality=90)
+        present = {int(c): int(n) for c, n in zip(*np.unique(res.mask, return_counts=True))}
+        written.append({"image": str(path), "mask": mask_path.name, "overlay": overlay_path.name,
+                        "classes_present": {res.class_names[c]: n for c, n in present.items()}})
+    run = {"tool": "tfovss segment", "synthetic_weights": synthetic, **seg.describe(),
+           "images": written, "failures": [{"image": i, "error": e} for i, e in failures],
+           "seconds": round(time.time() - t0, 2)}
+    if synthetic:
+        run["warning"] = SYNTHETIC_BANNER
+    (out / "run.json").write_text(json.dumps(run, indent=2))
+    print(f"wrote {len(written)} mask(s) and overlay(s) to {out} ({run['seconds']} s); settings in {out / 'run.json'}")
+    if failures:
+        print(f"{len(failures)} image(s) failed:", file=sys.stderr)
+        for image, error in failures:
+            print(f"  {image}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .methods import describe_method, list_methods
+    names = [args.name] if args.name else list_methods(include_composed=True)
+    infos = [describe_method(n) for n in names]
+    if args.json:
+        print(json.dumps(infos, indent=2, default=str))
+        return 0
+    for info in infos:
+        flag = "  [paper-based: no public code]" if info["paper_based"] else ""
+        print(f"{info['name']:<22} {info['title']}{flag}")
+        if args.name or args.verbose:
+            print(f"    paper: {info['paper']}\n    code:  {info['official_code'] or '-'}\n    {info['summary']}")
+            for opt in info["options"]:
+                print(f"    --set {opt['name']}={json.dumps(opt['default'])}  ({opt['type']}; {opt['source']}) {opt['doc']}")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from . import presets
+    for name in presets.list_presets():
+        p = presets.get_preset(name)
+        print(f"{name:<12} {p.num_classes:>4} classes  ignore={p.ignore_index}  "
+              f"background={'yes' if p.has_background else 'no'}  {p.display_name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfovss", description="Training-free open-vocabulary semantic segmentation")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("segment", help="segment images with a method and a vocabulary")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--classes", required=True,
+                   help="preset name (voc21, ade20k, ...), class file, or inline 'cat; dog; person, man'")
+    p.add_argument("--method", default="sclip", help="method name (see `tfovss methods`)")
+    p.add_argument("--arch", default="ViT-B-16", help="open_clip architecture, e.g. ViT-B-16, ViT-L-14")
+    p.add_argument("--pretrained", default="openai",
+                   help="open_clip tag (openai, laion2b_s34b_b88k, ...), a local checkpoint path, "
+                        "or 'synthetic[:SEED]' for random weights (offline demo; outputs labelled)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="driver setting or method option, e.g. --set prob_thd=0.3 --set crop=0")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("methods", help="list methods and their options")
+    p.add_argument("name", nargs="?", help="show one method in detail")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("presets", help="list dataset presets")
+    p.set_defaults(func=cmd_presets)
+
+    try:
+        from . import benchmark
+    except ImportError:
+        benchmark = None
+    if benchmark is not None and hasattr(benchmark, "add_parser"):
+        benchmark.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,8 +2,10 @@
 samples with the golden synthetic ViT-B/16 weights, and the FiftyOne side (``--fiftyone``)."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -157,14 +159,15 @@ def _cli(args, env_extra=None, timeout=600):
                           capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
 
 
-def test_cli_reports_missing_data(tmp_path):
-    p = _cli(["--methods", "sclip", "--datasets", "context60", "cityscapes", "--root",
-              str(tmp_path), "--pretrained", "tiny"])
-    assert p.returncode == 2
-    assert "context60: no Pascal Context (VOC2010) folder" in p.stderr
-    assert "cityscapes: no Cityscapes folder" in p.stderr
-    p = _cli(["--methods", "nosuchmethod", "--datasets", "voc21", "--root", str(tmp_path)])
-    assert p.returncode == 2 and "unknown method" in p.stderr
+def test_cli_reports_missing_data(tmp_path, capsys):
+    rc = bm.main(["--methods", "sclip", "--datasets", "context60", "cityscapes", "--root",
+                  str(tmp_path), "--pretrained", "tiny"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "context60: no Pascal Context (VOC2010) folder" in err
+    assert "cityscapes: no Cityscapes folder" in err
+    rc = bm.main(["--methods", "nosuchmethod", "--datasets", "voc21", "--root", str(tmp_path)])
+    assert rc == 2 and "unknown method" in capsys.readouterr().err
 
 
 @needs_data
@@ -204,6 +207,7 @@ def test_cli_end_to_end_with_synthetic_weights(tmp_path):
 def fo():
     if "fiftyone" not in sys.modules:  # isolated database unless a conftest already set one
         tmp = tempfile.mkdtemp(prefix="tfovss-bench-fo-")
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
         os.environ.setdefault("FIFTYONE_DATABASE_DIR", os.path.join(tmp, "db"))
         os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
         os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")

@@ -2,13 +2,10 @@
 samples with the golden synthetic ViT-B/16 weights, and the FiftyOne side (``--fiftyone``)."""
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -205,13 +202,11 @@ def test_cli_end_to_end_with_synthetic_weights(tmp_path):
 
 @pytest.fixture(scope="module")
 def fo():
-    if "fiftyone" not in sys.modules:  # isolated database unless a conftest already set one
-        tmp = tempfile.mkdtemp(prefix="tfovss-bench-fo-")
-        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-        os.environ.setdefault("FIFTYONE_DATABASE_DIR", os.path.join(tmp, "db"))
-        os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-        os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-        os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
+    # FiftyOne's own configuration (or the plugin tests' isolated one when they run first); the
+    # datasets made here are non-persistent and deleted at the end
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
     fo = pytest.importorskip("fiftyone")
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))

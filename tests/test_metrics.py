@@ -119,18 +119,11 @@ def test_matches_mmseg_formula_on_random_data():
 
 @pytest.fixture(scope="module")
 def fo():
-    import atexit
-    import shutil
-    import sys
-    import tempfile
-
-    if "fiftyone" not in sys.modules:  # isolated database unless a conftest already set one
-        tmp = tempfile.mkdtemp(prefix="tfovss-metrics-fo-")
-        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-        os.environ.setdefault("FIFTYONE_DATABASE_DIR", os.path.join(tmp, "db"))
-        os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-        os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-        os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
+    # FiftyOne's own configuration (or the plugin tests' isolated one when they run first); the
+    # datasets made here are non-persistent and deleted at the end
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
     return pytest.importorskip("fiftyone")
 
 

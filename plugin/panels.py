@@ -136,6 +136,10 @@ class OVSSEvaluationsPanel(foo.Panel):
         ds = ctx.dataset
         ca = _per_class(ds, a) if a else []
         cb = _per_class(ds, b) if b else []
+        # classes absent from both runs (IoU undefined) are left out of the chart and table
+        seen = {c["name"] for c in ca + cb if _f(c["iou"]) is not None}
+        ca = [c for c in ca if c["name"] in seen]
+        cb = [c for c in cb if c["name"] in seen]
         traces = []
         if ca:
             traces.append({"type": "bar", "name": a, "x": [c["name"] for c in ca],
@@ -199,9 +203,8 @@ class OVSSEvaluationsPanel(foo.Panel):
     def render(self, ctx):
         panel = types.Object()
         keys = ctx.panel.get_state("keys") or []
-        panel.md("### OVSS evaluations\nmIoU as MMSegmentation accumulates it (dataset-level "
-                 "intersections / unions), per-class IoU, pixel accuracy (aAcc).",
-                 name="intro")
+        panel.md("mIoU as MMSegmentation accumulates it (dataset-level intersections and "
+                 "unions); per-class IoU; pixel accuracy aAcc.", name="intro")
         actions = panel.h_stack("actions", align_x="left", gap=2)
         actions.btn("prelabel", label="Pre-label…", on_click=self.on_prelabel,
                     variant="contained")

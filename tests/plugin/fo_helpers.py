@@ -1,8 +1,10 @@
-"""Fixtures of the FiftyOne plugin tests: an isolated FiftyOne database, plugin discovery, and
-small datasets built from the shared sample data (VOC, ADE20K, COCO instances -> semantic masks).
+"""Helpers and fixtures of the FiftyOne plugin tests (tests/plugin, tests/e2e): an isolated
+FiftyOne database, plugin discovery, and small datasets built from the shared sample data (VOC,
+ADE20K, COCO instances -> semantic masks).
 
 The FIFTYONE_* variables must be set before fiftyone is imported anywhere, hence at the top of
-this file (pytest imports conftests before the test modules).
+this module, which the conftest.py files import first. It is one module (``fo_helpers``) however
+many conftests import it, so the environment is set once per process.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # --- isolated FiftyOne environment (before any fiftyone import) -------------------------------
 _FO_TMP = Path(tempfile.mkdtemp(prefix="tfovss-fo-"))
 os.environ["FIFTYONE_DATABASE_DIR"] = str(_FO_TMP / "db")
+os.environ["TFOVSS_FO_TEST_DIR"] = str(_FO_TMP)
 os.environ.pop("FIFTYONE_DATABASE_URI", None)
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"

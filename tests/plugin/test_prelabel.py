@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import URI_PRELABEL, needs_core, run_queued, triggered, unique_name
+from fo_helpers import URI_PRELABEL, needs_core, run_queued, triggered, unique_name
 
 pytestmark = needs_core
 

@@ -1,0 +1,8 @@
+"""pytest fixtures of the end-to-end App test: the plugin tests' helpers (fo_helpers.py)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
+
+from fo_helpers import *  # noqa: E402,F401,F403
+from fo_helpers import data_dir, fo, foo, work_dir  # noqa: E402,F401

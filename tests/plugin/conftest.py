@@ -1,0 +1,10 @@
+"""pytest fixtures of the plugin tests: see fo_helpers.py (imported first: it sets FIFTYONE_*
+before fiftyone is imported)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fo_helpers import *  # noqa: E402,F401,F403
+from fo_helpers import (ade_ds, coco_ds, data_dir, fo, foo, voc_ds,  # noqa: E402,F401
+                        work_dir)

@@ -201,11 +201,9 @@ def _from_file(path: Path, arch: str, quick_gelu):
         raise
     except Exception as exc:
         raise WeightsError(f"cannot read weights file {str(path)!r}: {exc}") from exc
-    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-        sd = sd["state_dict"]
     if not isinstance(sd, Mapping):
         raise WeightsError(f"{str(path)!r} does not hold a state dict")
-    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+    sd = _unwrap(sd)
     is_openai = any(k in sd for k in _OPENAI_EXTRA_KEYS) or any(
         isinstance(v, torch.Tensor) and v.dtype == torch.float16 for v in sd.values())
     if is_openai:
@@ -216,7 +214,15 @@ def _from_file(path: Path, arch: str, quick_gelu):
     return model
 
 
+def _unwrap(sd: Mapping) -> dict:
+    """Training checkpoints: ``{"state_dict": {...}}`` and DataParallel ``module.`` prefixes."""
+    if "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
 def _from_openai_state_dict(sd: dict, arch: str, quick_gelu, source: str):
+    sd = _unwrap(sd)
     if "visual.proj" not in sd:
         raise WeightsError(f"{source}: not a CLIP ViT state dict (no 'visual.proj'; ResNet CLIPs are not supported)")
     for key in _OPENAI_EXTRA_KEYS:

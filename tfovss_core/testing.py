@@ -10,13 +10,15 @@ import torch
 
 from .model import ClipModel, load_clip
 
-TINY_VISION = dict(image_size=64, patch_size=16, width=64, layers=3, heads=4)
-TINY_TEXT = dict(width=32, heads=2, layers=2, context_length=77, vocab_size=49408)
+TINY_VISION = dict(image_size=64, patch_size=16, width=128, layers=3)  # 2 heads (width // 64)
+TINY_TEXT = dict(width=64, layers=2, context_length=77, vocab_size=49408)  # 1 head
 TINY_EMBED = 32
 
 
 def tiny_state_dict(seed: int = 0, layers: int = 3) -> dict[str, torch.Tensor]:
-    """An OpenAI-format state dict of a tiny ViT CLIP (patch 16, width 64, ``layers`` blocks)."""
+    """An OpenAI-format state dict of a tiny ViT CLIP (patch 16, width 128, ``layers`` blocks).
+
+    The OpenAI builder infers heads as width // 64, so widths are multiples of 64."""
     rng = np.random.default_rng(seed)
     v, t, e = dict(TINY_VISION, layers=layers), TINY_TEXT, TINY_EMBED
     W, P, G = v["width"], v["patch_size"], v["image_size"] // v["patch_size"]
@@ -61,5 +63,5 @@ def tiny_state_dict(seed: int = 0, layers: int = 3) -> dict[str, torch.Tensor]:
 
 
 def tiny_clip(seed: int = 0, device=None, layers: int = 3, **kwargs) -> ClipModel:
-    """A tiny random CLIP (3 ViT blocks of width 64) loaded through :func:`load_clip`."""
+    """A tiny random CLIP (3 ViT blocks of width 128, 2 heads) loaded through :func:`load_clip`."""
     return load_clip("tiny", tiny_state_dict(seed, layers), device=device, **kwargs)

@@ -47,6 +47,19 @@ class NoOptions:
     pass
 
 
+@dataclass(frozen=True)
+class WindowContext:
+    """What the driver knows about a batch of windows, for methods that need more than the trunk.
+
+    Given to :meth:`Method.features` only when the method sets ``needs_context`` (ResCLIP's SFR
+    builds a temporary segmentation of the window inside the forward pass).
+    """
+
+    images: torch.Tensor    # (n, 3, H, W) the normalised windows exactly as fed to the model
+    text: torch.Tensor      # (Q, D) unit query embeddings
+    logit_scale: float      # the driver's softmax temperature on cosine logits
+
+
 class Method:
     """Base class. Subclasses set ``name``, ``info``, ``Options`` and implement ``features``."""
 
@@ -58,11 +71,14 @@ class Method:
     renormalize_probs: ClassVar[bool] = False
     # The method's own protocol when no dataset preset is given (its repo's class defaults).
     default_settings: ClassVar[dict] = {}
+    # True: ``features(trunk, context)`` receives a :class:`WindowContext` (see there).
+    needs_context: ClassVar[bool] = False
 
     def __init__(self, backbone: VisionBackbone, options=None):
         self.backbone = backbone
         self.options = options if options is not None else self.Options()
         self.resolve_backbone_options()
+        self.validate()
 
     # -- options --------------------------------------------------------------------------------
     @classmethod
@@ -94,6 +110,16 @@ class Method:
         if updates:
             self.options = dataclasses.replace(self.options, **updates)
 
+    def validate(self) -> None:
+        """Checks option values against the backbone (raise :class:`ConfigError`)."""
+
+    def check_block_index(self, name: str, value: int, *, limit: int | None = None) -> None:
+        """``value`` must index an intermediate block output (``< depth - 1`` unless ``limit``)."""
+        limit = self.backbone.depth - 1 if limit is None else limit
+        if not 0 <= value < limit:
+            raise ConfigError(f"{self.name}: {name}={value} is out of range for a {self.backbone.depth}-block "
+                              f"backbone (0 <= {name} < {limit})")
+
     @classmethod
     def constants_key(cls) -> str:
         return cls.name
@@ -111,7 +137,10 @@ class Method:
         return []
 
     def features(self, trunk: Trunk) -> torch.Tensor:
-        """Dense patch features ``(N, gh*gw, D)`` (not normalised; CLS excluded)."""
+        """Dense patch features ``(N, gh*gw, D)`` (not normalised; CLS excluded).
+
+        Methods with ``needs_context`` take a second argument, the :class:`WindowContext`.
+        """
         raise NotImplementedError
 
     def describe(self) -> dict:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import Method, MethodInfo, option, register_method
+from ..errors import ConfigError
 from ..backbone import TrunkRequest
 from .sclip import SCLIP_PROTOCOL
 
@@ -105,6 +106,14 @@ class SCCLIP(Method):
         sharpen: float = option(3.0, "Factor of the mean-centred mid-layer similarity in the attention.")
 
     default_settings = SCLIP_PROTOCOL
+
+    def validate(self) -> None:
+        o = self.options
+        for name in ("pre_adjust_idx", "post_adjust_idx", "multi_start_idx"):
+            self.check_block_index(name, getattr(o, name))
+        self.check_block_index("multi_end_idx", o.multi_end_idx, limit=self.backbone.depth)
+        if o.multi_end_idx <= o.multi_start_idx:
+            raise ConfigError(f"scclip: multi_end_idx ({o.multi_end_idx}) must exceed multi_start_idx ({o.multi_start_idx})")
 
     def trunk_request(self) -> TrunkRequest:
         o = self.options

@@ -38,7 +38,7 @@ import numpy as np
 
 from .datasets import (BENCHMARK_ORDER, SHORT_NAMES, DatasetLayoutError, canonical_name,
                        get_importer)
-from .errors import ConfigError, TfovssError
+from .errors import TfovssError
 from .metrics import image_confusion, metrics_from_confusion
 
 RUN_FORMAT = 1

@@ -115,7 +115,7 @@ def test_tables_in_the_papers_layout(tmp_path):
     assert "SYNTHETIC WEIGHTS" in md
     assert "| Method | VOC21 | VOC20 | ADE | Avg |" in md
     assert "| SCLIP (SYNTHETIC WEIGHTS) |" in md and "## Settings used" in md
-    assert "ADE: 1 images (first 1 of 3: --limit)" in md
+    assert "ADE: 1 image (first 1 of 3: --limit)" in md
     csv_lines = paths["csv"].read_text().splitlines()
     assert csv_lines[0] == "method,VOC21,VOC20,ADE,Avg,arch,weights"
     assert csv_lines[1].startswith("SCLIP,") and "SYNTHETIC WEIGHTS" in csv_lines[1]

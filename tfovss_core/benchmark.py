@@ -580,7 +580,8 @@ def render_markdown(t: dict) -> str:
             continue
         part = "" if e["num_images"] == e["total_images"] else \
             f" (first {e['num_images']} of {e['total_images']}: --limit)"
-        w(f"- {_column(d)}: {e['evaluated']} images{part}\n")
+        n = e["evaluated"]
+        w(f"- {_column(d)}: {n} image{'' if n == 1 else 's'}{part}\n")
     failed = [(m, d, e["failed"]) for m, v in t["details"].items() for d, e in v.items()
               if e["failed"]]
     for m, d, f in failed:

@@ -22,6 +22,7 @@ from . import presets as _presets
 from .errors import ConfigError, InputError, TfovssError
 from .imageio import CLIP_MEAN, CLIP_STD, image_label, load_image, resize_short_side
 from .methods import Method, get_method_class
+from .methods.base import WindowContext
 from .model import ClipModel
 from .pamr import pamr
 from .postprocess import probabilities_and_mask
@@ -241,7 +242,11 @@ class Segmenter:
                 crops = F.pad(crops, pad)
             with self.model.visual.weight_edit(self.method.weight_edits()):
                 trunk = self.model.visual.run_trunk(crops, request)
-                feats = self.method.features(trunk)
+                if self.method.needs_context:
+                    context = WindowContext(images=crops, text=text, logit_scale=float(s.logit_scale))
+                    feats = self.method.features(trunk, context)
+                else:
+                    feats = self.method.features(trunk)
             feats = F.normalize(feats.float(), dim=-1)
             gh, gw = trunk.grid
             logits = (feats @ text.T).transpose(1, 2).reshape(len(chunk), -1, gh, gw)

@@ -1,0 +1,254 @@
+"""ResCLIP (Yang, Deng, Li, Duan, CVPR 2025): residual cross-correlation self-attention (RCS) and
+semantic feedback refinement (SFR) on top of a NACLIP-style last block.
+
+RCS mixes the head-wise q-k attention maps of middle blocks (5..8 for every backbone in the
+official code) into the last block's attention after its softmax. SFR first segments the window
+with the RCS-only last block (temporary cosine logits, PAMR, softmax over queries, an adaptive
+threshold, one label per patch by majority), turns the patch labels into a same-label affinity
+map (decayed with distance when the straight path between two patches leaves the label, blurred
+along rows, row-normalised) and mixes it into the last block's attention logits before the
+softmax. Numerics follow ``yvhangyang/ResCLIP`` (``clip/model.py``: ``forward``,
+``create_logit_temp``, ``create_patch_matrix``, ``check_path``, ``generate_attention_sfr``,
+``custom_attn``) on any device; only the SFR map is kept in the model's precision (the official
+code casts it to float16, ``sfr_fp16`` reproduces that).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import Method, MethodInfo, option, register_method
+from ..backbone import Trunk, TrunkRequest
+from ..errors import ConfigError
+from ..pamr import pamr
+from .base import WindowContext
+from .naclip import gaussian_attention_bias
+
+# ResCLIPSegmentation's constructor defaults (slide 224 / 112, logit scale 40, final PAMR off).
+RESCLIP_PROTOCOL = dict(short_side=336, crop=224, stride=112, logit_scale=40.0, pamr_steps=0)
+
+
+# ----------------------------------------------------------------------------------- SFR pieces
+def sfr_patch_labels(query_probs: torch.Tensor, grid: tuple[int, int], patch: int,
+                     temp_thd: float) -> torch.Tensor:
+    """One query label per patch from temporary per-pixel query probabilities.
+
+    ``query_probs`` ``(B, Q, H, W)``. Per pixel the argmax query, set to query 0 where its
+    probability is below ``temp_thd`` (ResCLIP's "AdaThr", also on datasets where 0 is a real
+    class); per ``patch x patch`` cell the most frequent label, ties to the smallest query index
+    (``torch.mode`` on CPU); rows / columns past the last full patch are ignored. ``(B, gh, gw)``.
+    """
+    b, q = query_probs.shape[:2]
+    gh, gw = grid
+    top, label = query_probs.max(dim=1)
+    label = torch.where(top < temp_thd, torch.zeros_like(label), label)
+    label = label[:, :gh * patch, :gw * patch]
+    cells = label.reshape(b, gh, patch, gw, patch).permute(0, 1, 3, 2, 4).reshape(b * gh * gw, patch * patch)
+    counts = torch.zeros(b * gh * gw, q, dtype=torch.int32, device=label.device)
+    counts.scatter_add_(1, cells, torch.ones_like(cells, dtype=torch.int32))
+    return counts.argmax(dim=1).view(b, gh, gw)   # first maximum = smallest query on ties
+
+
+def _straight_paths_stay(labels: torch.Tensor, start: torch.Tensor, end: torch.Tensor, max_steps: int,
+                         chunk_elems: int = 1 << 22) -> torch.Tensor:
+    """ResCLIP's ``check_path`` for pairs of patch coordinates ``(P, 2)``: True where every sampled
+    point of the path keeps the start's label.
+
+    Points are ``round(start * (1 - t) + end * t)`` for ``t = linspace(0, 1, max_steps + 1)`` with
+    the *global* ``max_steps``, counted only up to the pair's own Chebyshev distance; so a short
+    pair checks only the first part of its segment. Reproduced as is (it defines the goldens).
+    """
+    t = torch.linspace(0, 1, steps=max_steps + 1, device=labels.device).view(1, -1, 1)
+    steps = (end - start).abs().max(dim=1).values
+    positions = torch.arange(max_steps + 1, device=labels.device)
+    start_label = labels[start[:, 0], start[:, 1]]
+    out = torch.empty(start.shape[0], dtype=torch.bool, device=labels.device)
+    rows = max(1, chunk_elems // (2 * (max_steps + 1)))
+    for s in range(0, start.shape[0], rows):
+        a, e = start[s:s + rows], end[s:s + rows]
+        points = (a.unsqueeze(1) * (1 - t) + e.unsqueeze(1) * t).round().long()
+        same = labels[points[..., 0], points[..., 1]] == start_label[s:s + rows, None]
+        out[s:s + rows] = (same | (positions[None] > steps[s:s + rows, None])).all(dim=1)
+    return out
+
+
+def sfr_affinity(labels: torch.Tensor, gaussian_std: float = 5.0, delete_same_entity: bool = True) -> torch.Tensor:
+    """The SFR attention map ``(1 + N, 1 + N)`` of one patch-label grid ``(gh, gw)``, max 1.
+
+    ``M[i, j] = 1`` where patches i and j share a label (and on the diagonal). With
+    ``delete_same_entity`` a pair whose straight path leaves the label (see
+    :func:`_straight_paths_stay`) is decayed by ``exp(-chebyshev(i, j) / max chebyshev)``. Each row
+    is blurred with a 1-D Gaussian (std ``gaussian_std``, size ``min(N, int(6 std + 1))`` made odd,
+    zero padding, flattened row-major order), ReLU'd and normalised to sum 1; CLS row and column
+    are 0; finally divided by the global maximum.
+    """
+    gh, gw = labels.shape
+    n = gh * gw
+    device = labels.device
+    flat = labels.reshape(-1)
+    same = flat[:, None] == flat[None, :]
+    affinity = same.float()
+    affinity.fill_diagonal_(1.0)
+    max_steps = max(gh, gw) - 1
+    if delete_same_entity and max_steps > 0:
+        off_diagonal = same & ~torch.eye(n, dtype=torch.bool, device=device)
+        pi, pj = off_diagonal.nonzero(as_tuple=True)
+        coords = torch.stack((torch.arange(n, device=device) // gw, torch.arange(n, device=device) % gw), dim=1)
+        start, end = coords[pi], coords[pj]
+        stays = _straight_paths_stay(labels, start, end, max_steps)
+        steps = (end - start).abs().max(dim=1).values
+        decay = torch.exp(-steps / max_steps)
+        affinity[pi, pj] = torch.where(stays, affinity[pi, pj], affinity[pi, pj] * decay)
+    size = min(n, int(6 * gaussian_std + 1))
+    size = size if size % 2 == 1 else size + 1
+    x = torch.arange(size, device=device) - size // 2
+    kernel = torch.exp(-(x ** 2) / (2 * gaussian_std ** 2))
+    kernel = kernel / kernel.sum()
+    blurred = F.relu(F.conv1d(affinity.unsqueeze(1), kernel.view(1, 1, -1), padding=size // 2).squeeze(1))
+    blurred = blurred / (blurred.sum(dim=1, keepdim=True) + 1e-8)
+    out = torch.zeros(n + 1, n + 1, device=device)
+    out[1:, 1:] = blurred
+    return out / out.max()
+
+
+def _mix(logits: torch.Tensor, extra: torch.Tensor, weights) -> torch.Tensor:
+    """``tau * ((1 - lambda) * logits + lambda * extra)`` (ResCLIP's form for both mixes)."""
+    tau, lam = weights
+    return tau * ((1 - lam) * logits + lam * extra)
+
+
+@register_method
+class ResCLIP(Method):
+    name = "resclip"
+    info = MethodInfo(
+        title="ResCLIP",
+        paper="Yang, Deng, Li, Duan. ResCLIP: Residual Attention for Training-free Dense "
+              "Vision-language Inference. CVPR 2025 (arXiv 2411.15851)",
+        official_code="yvhangyang/ResCLIP@0e085f7",
+        summary="NACLIP's last block (k-k + Gaussian prior, no residual / FFN) whose attention gets "
+                "RCS (the mean q-k attention of blocks 5-8, mixed after the softmax) and SFR (a "
+                "same-label affinity from a temporary PAMR-refined segmentation of the window, mixed "
+                "into the logits before the softmax).",
+        reported="docs/methods/resclip.md",
+    )
+    renormalize_probs = True
+    needs_context = True
+    default_settings = RESCLIP_PROTOCOL
+
+    @dataclass
+    class Options:
+        attention: str = option("naclip", "Host attention of the last block: naclip (k-k + Gaussian "
+                                          "prior; the default 'resclip' strategy), sclip (q-q + k-k), "
+                                          "clearclip (q-q), vanilla (q-k).",
+                                choices=("naclip", "sclip", "clearclip", "vanilla"))
+        residual_ffn: bool = option(False, "Keep residual and FFN in the last block ('w_resi'; the "
+                                           "official SCLIP + ResCLIP variant). False = 'wo_resi'.")
+        gaussian_std: float = option(5.0, "Std (patches) of NACLIP's prior and of SFR's row blur.")
+        use_rcs: bool = option(True, "Residual cross-correlation self-attention.")
+        use_sfr: bool = option(True, "Semantic feedback refinement (a second last-block pass).")
+        rcs_layers: tuple[int, ...] | None = option(None, "Blocks whose q-k attention RCS averages "
+                                                          "(official: 5-8 for every backbone).",
+                                                    source="backbone")
+        rcs_weights: tuple[float, float] = option(
+            (2.0, 0.3), "(tau, lambda) of the RCS mix; per dataset in the presets. Default: the "
+                        "official ADE20K config (the constructor has none).", source="ours")
+        sfr_weights: tuple[float, float] = option(
+            (2.1, 0.7), "(tau, lambda) of the SFR mix; per dataset in the presets. Default: the "
+                        "official ADE20K config.", source="ours")
+        temp_thd: float = option(0.25, "SFR's adaptive threshold: pixels of the temporary map whose "
+                                       "top query probability is lower get query 0. Default: the "
+                                       "official ADE20K / Context59 value.", source="ours")
+        delete_same_entity: bool = option(True, "Decay same-label pairs whose straight path leaves "
+                                                "the label (every official config sets it).")
+        sfr_pamr_steps: int = option(10, "PAMR iterations on the temporary map (hard-coded officially).")
+        sfr_pamr_dilations: tuple[int, ...] = option((8, 16), "PAMR dilations on the temporary map.")
+        sfr_fp16: bool = option(False, "Round the SFR map to float16 like the official fp16 GPU run "
+                                       "(the goldens keep float32).", source="ours")
+
+    def __init__(self, backbone, options=None):
+        super().__init__(backbone, options)
+        o = self.options
+        bad = [i for i in o.rcs_layers if not 0 <= i < backbone.depth]
+        if bad:
+            raise ConfigError(f"resclip: rcs_layers {bad} outside 0..{backbone.depth - 1}")
+        if len(o.rcs_weights) != 2 or len(o.sfr_weights) != 2:
+            raise ConfigError("resclip: rcs_weights and sfr_weights are (tau, lambda) pairs")
+
+    def trunk_request(self) -> TrunkRequest:
+        keep = {i - 1 for i in self.options.rcs_layers if i > 0} if self.options.use_rcs else set()
+        return TrunkRequest(depth=self.backbone.depth - 1, keep=frozenset(keep))
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def rcs_attention(self, trunk: Trunk) -> torch.Tensor | None:
+        """Mean of the stock head-wise q-k attention maps of ``rcs_layers`` ``(B, H, L, L)``."""
+        if not self.options.use_rcs:
+            return None
+        bb = self.backbone
+        maps = [bb.attention_probs(i, trunk.stream(i)) for i in self.options.rcs_layers]
+        return torch.stack(maps).mean(dim=0)
+
+    def _attention(self, q, k, grid, a_rcs, sfr):
+        bb, o = self.backbone, self.options
+        if o.attention == "naclip":
+            logits = (k @ k.transpose(-1, -2)) * bb.scale
+            if sfr is not None:
+                logits = _mix(logits, sfr, o.sfr_weights)
+            probs = torch.softmax(logits + gaussian_attention_bias(grid, o.gaussian_std, k.device, k.dtype), dim=-1)
+        elif o.attention == "sclip":
+            qq, kk = (q @ q.transpose(-1, -2)) * bb.scale, (k @ k.transpose(-1, -2)) * bb.scale
+            if sfr is not None:
+                qq, kk = _mix(qq, sfr, o.sfr_weights), _mix(kk, sfr, o.sfr_weights)
+            probs = torch.softmax(qq, dim=-1) + torch.softmax(kk, dim=-1)
+        else:
+            a, b = (q, q) if o.attention == "clearclip" else (q, k)
+            logits = (a @ b.transpose(-1, -2)) * bb.scale
+            if sfr is not None:
+                logits = _mix(logits, sfr, o.sfr_weights)
+            probs = torch.softmax(logits, dim=-1)
+        if a_rcs is not None:
+            probs = _mix(probs, a_rcs, o.rcs_weights)
+        return probs
+
+    def _last_block(self, trunk: Trunk, a_rcs, sfr) -> torch.Tensor:
+        bb = self.backbone
+        sfr = sfr.unsqueeze(1) if sfr is not None else None   # shared by every head
+        y = bb.last_block(trunk.x, lambda q, k, v: self._attention(q, k, trunk.grid, a_rcs, sfr),
+                          residual=self.options.residual_ffn, ffn=self.options.residual_ffn)
+        return bb.head(y[:, 1:])
+
+    def temporary_probs(self, trunk: Trunk, context: WindowContext, a_rcs=None) -> torch.Tensor:
+        """SFR's temporary map: per-pixel query probabilities ``(B, Q, H, W)`` of the RCS-only pass."""
+        feats = F.normalize(self._last_block(trunk, a_rcs, None).float(), dim=-1)
+        gh, gw = trunk.grid
+        logits = (feats @ context.text.T).transpose(1, 2).reshape(feats.shape[0], -1, gh, gw)
+        images = context.images.to(logits.dtype)
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        if self.options.sfr_pamr_steps > 0:
+            logits = pamr(images, logits, self.options.sfr_pamr_steps, self.options.sfr_pamr_dilations)
+        return torch.softmax(logits * context.logit_scale, dim=1)
+
+    def patch_labels(self, trunk: Trunk, context: WindowContext, a_rcs=None) -> torch.Tensor:
+        """SFR's patch label map ``(B, gh, gw)`` (the goldens' ``sfr_patch_matrix``)."""
+        if a_rcs is None:
+            a_rcs = self.rcs_attention(trunk)
+        probs = self.temporary_probs(trunk, context, a_rcs)
+        return sfr_patch_labels(probs, trunk.grid, self.backbone.patch, self.options.temp_thd)
+
+    def sfr_maps(self, labels: torch.Tensor, dtype) -> torch.Tensor:
+        o = self.options
+        maps = torch.stack([sfr_affinity(lab, o.gaussian_std, o.delete_same_entity) for lab in labels])
+        if o.sfr_fp16:
+            maps = maps.half()
+        return maps.to(dtype)
+
+    def features(self, trunk: Trunk, context: WindowContext | None = None) -> torch.Tensor:
+        a_rcs = self.rcs_attention(trunk)
+        sfr = None
+        if self.options.use_sfr:
+            if context is None:
+                raise ConfigError("resclip: SFR needs the window context (run it through Segmenter)")
+            labels = self.patch_labels(trunk, context, a_rcs)
+            sfr = self.sfr_maps(labels, trunk.x.dtype)
+        return self._last_block(trunk, a_rcs, sfr)

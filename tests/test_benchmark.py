@@ -167,6 +167,27 @@ def test_cli_reports_missing_data(tmp_path, capsys):
 
 
 @needs_data
+def test_cli_tiny_clip_on_every_shared_sample(tmp_path, capsys):
+    """The real segmenter (tiny random CLIP) on VOC, ADE20K and COCO-Object from the instances
+    json, through the CLI entry point; a second call resumes everything."""
+    args = ["--methods", "sclip", "--datasets", "ade20k,coco_object", "voc21", "--root",
+            str(DATA), "--pretrained", "tiny:seed0", "--limit", "1", "--out", str(tmp_path),
+            "--no-progress"]
+    assert bm.main(args) == 0
+    out = capsys.readouterr().out
+    assert "Computed 3 images, resumed 0." in out
+    md = (tmp_path / "results.md").read_text()
+    assert "| Method | VOC21 | Object | ADE | Avg |" in md and "SYNTHETIC WEIGHTS" in md
+    js = json.loads((tmp_path / "results.json").read_text())
+    obj = js["details"]["sclip"]["coco_object"]
+    assert len(obj["IoU"]) == 81 and obj["evaluated"] == 1
+    assert bm.main(args) == 0
+    out = capsys.readouterr().out
+    assert "Nothing recomputed: all 3 image results were resumed" in out
+    assert "the model was not loaded" in out
+
+
+@needs_data
 @pytest.mark.skipif(not (GOLDEN / "make_weights.py").is_file(), reason="golden weights script")
 def test_cli_end_to_end_with_synthetic_weights(tmp_path):
     """The acceptance run: shared samples, synthetic ViT-B/16 weights, a table; then a second run

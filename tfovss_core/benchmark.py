@@ -716,7 +716,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Registers ``tfovss benchmark`` on a subparsers object of the main CLI."""
     p = subparsers.add_parser(
         "benchmark", help="evaluate methods on the standard benchmarks (papers' protocol and tables)",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=_DESCRIPTION, epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=run_from_args)
     return p
@@ -835,8 +836,18 @@ def _quote(a: str) -> str:
     return a if re.match(r"^[A-Za-z0-9_./:=+,@-]+$", a) else json.dumps(a)
 
 
+_DESCRIPTION = """\
+Evaluate methods on the standard OVSS benchmarks with each method's official settings
+and MMSegmentation's mIoU; writes the papers' table (Markdown, CSV, JSON) and the
+settings used. Resumable: finished images are never recomputed."""
+_EPILOG = """example:
+  tfovss benchmark --methods sclip naclip --datasets voc21 ade20k --arch ViT-B/16 \\
+      --pretrained openai --root /data --limit 100 --out bench"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tfovss benchmark", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="tfovss benchmark", description=_DESCRIPTION, epilog=_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     return p
 

@@ -51,9 +51,7 @@ def _run_rows(dataset) -> list[dict]:
                        + str(bench.get("weights") or ""),
                        "vocabulary_source": "benchmark"}
         settings = pre.get("settings") or {}
-        short = ", ".join(f"{k}={settings[k]}" for k in ("short_side", "crop", "stride",
-                                                          "prob_thd", "logit_scale")
-                          if settings.get(k) is not None)
+        short = _short_settings(settings)
         if summary is not None:
             miou, aacc, macc = summary.get("mIoU"), summary.get("aAcc"), summary.get("mAcc")
         else:  # FiftyOne's own segmentation evaluation: mIoU from its confusion matrix
@@ -67,10 +65,24 @@ def _run_rows(dataset) -> list[dict]:
             "settings": short,
             "vocabulary": pre.get("vocabulary_source") or "",
             "pred_field": cfg.pred_field, "gt_field": cfg.gt_field,
+            "fields": f"{cfg.pred_field} vs {cfg.gt_field}",
             "mIoU": _pct(miou), "aAcc": _pct(aacc), "mAcc": _pct(macc),
             "when": str(getattr(info, "timestamp", ""))[:19],
         })
     return rows
+
+
+def _short_settings(settings: dict) -> str:
+    parts = []
+    if settings.get("short_side") is not None:
+        parts.append(f"side {settings['short_side']}")
+    if settings.get("crop") is not None:
+        parts.append(f"win {settings['crop']}/{settings.get('stride')}")
+    if settings.get("prob_thd") is not None:
+        parts.append(f"thd {settings['prob_thd']}")
+    if settings.get("pamr_steps"):
+        parts.append(f"pamr {settings['pamr_steps']}")
+    return ", ".join(parts)
 
 
 def _metrics_from_cm(res):
@@ -219,11 +231,9 @@ class OVSSEvaluationsPanel(foo.Panel):
             return types.Property(panel, view=types.GridView(orientation="vertical",
                                                              height=100, width=100))
         table = types.TableView()
-        for col, label in (("eval_key", "Eval key"), ("method", "Method"),
-                           ("backbone", "Backbone"), ("settings", "Settings"),
-                           ("pred_field", "Predictions"), ("gt_field", "Ground truth"),
-                           ("mIoU", "mIoU %"), ("aAcc", "aAcc %"), ("mAcc", "mAcc %"),
-                           ("when", "When")):
+        for col, label in (("eval_key", "Eval key"), ("mIoU", "mIoU %"), ("aAcc", "aAcc %"),
+                           ("mAcc", "mAcc %"), ("method", "Method"), ("backbone", "Backbone"),
+                           ("settings", "Settings"), ("fields", "Fields"), ("when", "When")):
             table.add_column(col, label=label)
         panel.list("runs", types.Object(), view=table, label="Runs")
         pick = panel.h_stack("pick", align_x="left", gap=2)

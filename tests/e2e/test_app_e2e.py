@@ -27,7 +27,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "e2e"
 CHROME_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                "--disable-background-networking", "--disable-component-update",
-               "--no-first-run", "--disable-sync", "--window-size=1600,1000"]
+               "--no-first-run", "--disable-sync", "--window-size=1920,1080"]
 
 pytestmark = [pytest.mark.e2e, needs_core]
 
@@ -124,7 +124,7 @@ def test_app_prelabel_field_and_panel(fo, playwright_sync, app_server, app_datas
 
     with playwright_sync() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page = browser.new_page(viewport={"width": 1920, "height": 1080})
         page.set_default_timeout(60000)
         try:
             page.goto(f"{app_server}/datasets/{ds.name}", wait_until="load")

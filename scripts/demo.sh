@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TFOVSS_SKIP_FIFTYONE=1 bash scripts/setup.sh >/dev/null
 PRETRAINED=openai
-if [ "${1:-}" = "--synthetic" ]; then PRETRAINED=synthetic:0; fi
+if [ "${1:-}" = "--synthetic" ]; then PRETRAINED=random:0; fi
 TFOVSS=.venv/bin/tfovss
 run() {  # name, extra args...
   local name=$1; shift

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -38,7 +37,9 @@ import numpy as np
 
 from .datasets import (BENCHMARK_ORDER, SHORT_NAMES, DatasetLayoutError, canonical_name,
                        get_importer)
-from .errors import TfovssError
+from .errors import TfovssError, WeightsError
+from .weights import ENV_SYNTHETIC_SCRIPT, Weights
+from .weights import resolve_weights as _resolve_weights
 from .metrics import image_confusion, metrics_from_confusion
 
 RUN_FORMAT = 1
@@ -46,7 +47,6 @@ PAPER_BENCHMARKS = ("voc21", "context60", "coco_object", "voc20", "context59", "
                     "cityscapes", "ade20k")
 SYNTHETIC_BANNER = ("SYNTHETIC WEIGHTS: random test weights, not a pretrained CLIP; these numbers "
                     "only check the pipeline and must not be compared with published results.")
-ENV_SYNTHETIC_SCRIPT = "TFOVSS_SYNTHETIC_WEIGHTS"
 
 
 class BenchmarkError(TfovssError):
@@ -54,105 +54,14 @@ class BenchmarkError(TfovssError):
 
 
 # ---------------------------------------------------------------------------------------------
-# weights
-
-@dataclass
-class Weights:
-    """What ``--pretrained`` resolved to."""
-
-    spec: str                 # as given
-    arch: str                 # architecture used
-    label: str                # shown in tables
-    identity: str             # enters the settings hash
-    synthetic: bool = False
-    loader: Callable[[Any], Any] | None = field(default=None, repr=False)
-
-    def load(self, device=None):
-        return self.loader(device)
-
-
-_SYNTH_RE = re.compile(r"^(synthetic|tiny)(?::(?:seed)?=?(\d+))?$")
-
-
-def _openai_arch(arch: str) -> str:
-    """open_clip spelling -> OpenAI spelling used by the synthetic-weights script."""
-    a = arch.strip()
-    if a.endswith("-336") or a.endswith("@336px"):
-        a = a.replace("@336px", "").replace("-336", "") + "@336px"
-    return re.sub(r"^ViT-([A-Za-z]+)-(\d+)", r"ViT-\1/\2", a)
-
-
-def _load_script(path: Path):
-    spec = importlib.util.spec_from_file_location("tfovss_synthetic_weights", path)
-    if spec is None or spec.loader is None:
-        raise BenchmarkError(f"cannot import the synthetic-weights script {path}")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    if not hasattr(mod, "make_state_dict"):
-        raise BenchmarkError(f"{path} has no make_state_dict(arch, seed=..., anomalies=...)")
-    return mod
-
+# weights (the spec parser lives in tfovss_core.weights, shared with the CLI and the plugin)
 
 def resolve_weights(arch: str, pretrained: str, synthetic_script: str | None = None) -> Weights:
-    """Parses ``--pretrained``: an open_clip tag, a local file, ``synthetic:seedN`` or ``tiny:seedN``.
-
-    ``synthetic:seedN`` builds the deterministic synthetic CLIP of ``make_state_dict(arch, seed=N,
-    anomalies=True)`` from the script given by ``synthetic_script`` (or the
-    ``TFOVSS_SYNTHETIC_WEIGHTS`` environment variable); ``tiny:seedN`` is the tiny random CLIP of
-    :mod:`tfovss_core.testing` (whatever ``arch`` says). Both are labelled SYNTHETIC WEIGHTS.
-    """
-    from . import model as _model
-
-    spec = str(pretrained).strip()
-    m = _SYNTH_RE.match(spec)
-    if m and m.group(1) == "tiny":
-        seed = int(m.group(2) or 0)
-
-        def load_tiny(device, seed=seed):
-            from .testing import tiny_clip
-            return tiny_clip(seed=seed, device=device)
-
-        return Weights(spec, "tiny", f"tiny:seed{seed}", f"tiny-clip:seed{seed}", True, load_tiny)
-    if m and m.group(1) == "synthetic":
-        seed = int(m.group(2) or 0)
-        script = synthetic_script or os.environ.get(ENV_SYNTHETIC_SCRIPT)
-        if not script:
-            raise BenchmarkError(
-                "--pretrained synthetic:seedN needs the synthetic-weights script: pass "
-                f"--synthetic-weights-script PATH (a make_weights.py) or set {ENV_SYNTHETIC_SCRIPT}")
-        path = Path(script).expanduser().resolve()
-        if not path.is_file():
-            raise BenchmarkError(f"synthetic-weights script {path} does not exist")
-        mod = _load_script(path)
-        oarch = _openai_arch(arch)
-        archs = getattr(mod, "ARCHS", None)
-        if archs is not None and oarch not in archs:
-            raise BenchmarkError(f"the synthetic-weights script knows {sorted(archs)}, not {arch!r}")
-        recipe = getattr(mod, "RECIPE_VERSION", "?")
-
-        def load_synth(device, mod=mod, oarch=oarch, seed=seed):
-            sd = mod.make_state_dict(oarch, seed=seed, anomalies=True)
-            return _model.load_clip(arch, sd, device=device, quick_gelu=True)
-
-        return Weights(spec, _model.canonical_arch(arch), f"synthetic:seed{seed}",
-                       f"synthetic:{oarch}:seed{seed}:recipe{recipe}", True, load_synth)
-    path = Path(spec).expanduser()
-    if os.sep in spec or path.exists():
-        if not path.is_file():
-            raise BenchmarkError(f"--pretrained: weights file {path} does not exist")
-        st = path.stat()
-        ident = f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-
-        def load_file(device, path=path):
-            return _model.load_clip(arch, str(path), device=device)
-
-        return Weights(spec, _model.canonical_arch(arch), f"file:{path.name}", ident, False,
-                       load_file)
-
-    def load_tag(device, tag=spec):
-        return _model.load_clip(arch, tag, device=device)
-
-    return Weights(spec, _model.canonical_arch(arch), spec, f"tag:{spec}", False, load_tag)
+    """:func:`tfovss_core.weights.resolve_weights`, with its errors as :class:`BenchmarkError`."""
+    try:
+        return _resolve_weights(arch, pretrained, synthetic_script)
+    except WeightsError as exc:
+        raise BenchmarkError(str(exc)) from exc
 
 
 def _vision_depth(arch: str) -> int | None:

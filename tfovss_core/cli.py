@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-SYNTHETIC_BANNER = "SYNTHETIC WEIGHTS - random CLIP, output is NOT a real segmentation"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -39,25 +38,6 @@ def parse_classes(text: str):
     return parse_class_text(text)
 
 
-def is_synthetic(pretrained: str | None) -> bool:
-    return bool(pretrained) and str(pretrained).startswith("synthetic")
-
-
-def load_model(arch: str, pretrained: str, device: str | None):
-    """``--pretrained synthetic[:SEED]`` builds a seeded random CLIP of ``arch``; anything else goes
-    to :func:`tfovss_core.load_clip` (tag or local file)."""
-    import torch
-
-    from .model import load_clip
-    if is_synthetic(pretrained):
-        seed = int(pretrained.split(":", 1)[1]) if ":" in pretrained else 0
-        torch.manual_seed(seed)
-        model = load_clip(arch, None, device=device)
-        model.pretrained = f"synthetic:{seed}"
-        return model
-    return load_clip(arch, pretrained, device=device)
-
-
 def expand_images(paths: list[str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
@@ -76,19 +56,21 @@ def cmd_segment(args) -> int:
     from .errors import TfovssError, WeightsError
     from .imageio import load_image
     from .visualize import overlay, save_index_mask
+    from .weights import SYNTHETIC_BANNER, resolve_weights
 
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
     try:
-        model = load_model(args.arch, args.pretrained, args.device)
+        weights = resolve_weights(args.arch, args.pretrained, args.synthetic_weights_script)
+        model = weights.load(args.device)
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if not is_synthetic(args.pretrained):
-            print("hint: without network access, `--pretrained synthetic` runs the pipeline end to end on "
+        if "tag" in args.pretrained or "/" not in args.pretrained:
+            print("hint: without network access, `--pretrained random:0` runs the pipeline end to end on "
                   "random weights (outputs are labelled as synthetic).", file=sys.stderr)
         return 2
-    synthetic = is_synthetic(args.pretrained)
+    synthetic = weights.synthetic
     try:
         seg = Segmenter(model, method=args.method, classes=parse_classes(args.classes), **parse_sets(args.set))
     except TfovssError as exc:
@@ -178,8 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="sclip", help="method name (see `tfovss methods`)")
     p.add_argument("--arch", default="ViT-B-16", help="open_clip architecture, e.g. ViT-B-16, ViT-L-14")
     p.add_argument("--pretrained", default="openai",
-                   help="open_clip tag (openai, laion2b_s34b_b88k, ...), a local checkpoint path, "
-                        "or 'synthetic[:SEED]' for random weights (offline demo; outputs labelled)")
+                   help="open_clip tag (openai, laion2b_s34b_b88k, ...), a local checkpoint path; or synthetic "
+                        "weights (outputs labelled): 'random:SEED' (random init of --arch), 'tiny:SEED', "
+                        "'synthetic:SEED' (with --synthetic-weights-script)")
+    p.add_argument("--synthetic-weights-script", default=None,
+                   help="a make_weights.py for --pretrained synthetic:SEED (or $TFOVSS_SYNTHETIC_WEIGHTS)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -139,6 +139,8 @@ def test_app_prelabel_field_and_panel(fo, playwright_sync, app_server, app_datas
             page.get_by_text("Pre-label with open-vocabulary segmentation",
                              exact=True).first.click()
             page.get_by_text("Pretrained weights", exact=True).first.wait_for()
+            time.sleep(2)
+            shot(page, "02-prelabel-form-top.png")
             pre = page.locator("input[value='openai']").first
             pre.fill("tiny:seed0")
             _input_after(page, "Short side").fill("96")
@@ -147,7 +149,7 @@ def test_app_prelabel_field_and_panel(fo, playwright_sync, app_server, app_datas
             field = page.locator("input[value='ovss_sclip']").first
             field.fill("ovss_app")
             time.sleep(2)
-            shot(page, "02-prelabel-form.png")
+            shot(page, "02-prelabel-form-bottom.png")
             page.get_by_role("button", name="Execute").click()
             page.get_by_text("Samples labelled", exact=False).first.wait_for(timeout=240000)
             time.sleep(1)

@@ -167,14 +167,12 @@ class ResCLIP(Method):
         sfr_fp16: bool = option(False, "Round the SFR map to float16 like the official fp16 GPU run "
                                        "(the goldens keep float32).", source="ours")
 
-    def __init__(self, backbone, options=None):
-        super().__init__(backbone, options)
+    def validate(self) -> None:
         o = self.options
-        bad = [i for i in o.rcs_layers if not 0 <= i < backbone.depth]
-        if bad:
-            raise ConfigError(f"resclip: rcs_layers {bad} outside 0..{backbone.depth - 1}")
+        for i in o.rcs_layers:   # the last block's own q-k map is allowed (tiny depth-scaled models)
+            self.check_block_index("rcs_layers", i, limit=self.backbone.depth)
         if len(o.rcs_weights) != 2 or len(o.sfr_weights) != 2:
-            raise ConfigError("resclip: rcs_weights and sfr_weights are (tau, lambda) pairs")
+            raise ConfigError(f"{self.name}: rcs_weights and sfr_weights are (tau, lambda) pairs")
 
     def trunk_request(self) -> TrunkRequest:
         keep = {i - 1 for i in self.options.rcs_layers if i > 0} if self.options.use_rcs else set()

@@ -71,10 +71,17 @@ def test_dataset_accumulation_differs_from_mean_of_per_image_iou():
 
 def test_out_of_range_values_and_16bit_ignore():
     gt = np.array([[0, 1, 65535], [2, 2, 1]], dtype=np.uint16)
-    pred = np.array([[0, 1, 2], [2, 7, 1]], dtype=np.uint16)  # 7 is out of range: not counted
+    pred = np.array([[0, 1, 7], [2, 7, 1]], dtype=np.uint16)
     m = SegmentationMetric(3, ignore_index=65535)
+    # MMSeg would count the 7 at a scored pixel as a miss of class 2, which a KxK matrix cannot
+    # hold: refused, naming the value; a 7 under the ignore label is fine.
+    with pytest.raises(ValueError, match=r"predicted values \[7\] outside 0..2"):
+        m.update(pred, gt)
+    with pytest.raises(ValueError, match=r"ground-truth values \[9\]"):
+        m.update(np.zeros((1, 2), np.uint8), np.array([[9, 0]], np.uint8))
+    pred[1, 1] = 0
     cm = m.update(pred, gt)
-    assert cm.sum() == 4 and cm.tolist() == [[1, 0, 0], [0, 2, 0], [0, 0, 1]]
+    assert cm.sum() == 5 and cm.tolist() == [[1, 0, 0], [0, 2, 0], [1, 0, 1]]
     with pytest.raises(ValueError, match="resize the prediction"):
         m.update(pred[:, :2], gt)
     other = SegmentationMetric(3, ignore_index=65535)

@@ -1,8 +1,8 @@
 """Semantic-segmentation metrics exactly as MMSegmentation's ``IoUMetric`` accumulates them.
 
 Intersections and unions are summed over the whole dataset (not averaged per image); pixels whose
-ground truth equals ``ignore_index`` are dropped; predicted or ground-truth values outside
-``0..num_classes-1`` fall out of the histograms; a class with a zero union (absent from both
+ground truth equals ``ignore_index`` are dropped; every other pixel must have its values in ``0..num_classes-1``
+(out-of-range input is refused rather than scored differently from MMSeg); a class with a zero union (absent from both
 prediction and ground truth everywhere) gets IoU NaN and is skipped by the mean.
 """
 from __future__ import annotations
@@ -47,26 +47,31 @@ def image_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int,
                     ignore_index: int | None = 255) -> np.ndarray:
     """Confusion matrix of one image (``cm[g, p]`` = pixels of class g predicted as p).
 
-    Pixels with ``gt == ignore_index`` are skipped; pixels whose gt or prediction is outside
-    ``0..num_classes-1`` do not enter the matrix (MMSeg's ``torch.histc`` range does the same).
+    Pixels with ``gt == ignore_index`` are skipped. Every other pixel must have its ground truth
+    and its prediction in ``0..num_classes-1``: MMSeg would still count an out-of-range
+    prediction in the ground-truth area (a miss), which a K x K matrix cannot hold, so such input
+    is refused instead of being scored differently. Map unknown prediction values to a class of
+    their own first (the FiftyOne evaluation does).
     """
     gt = gt.astype(np.int64, copy=False).ravel()
     pred = pred.astype(np.int64, copy=False).ravel()
-    keep = (gt >= 0) & (gt < num_classes) & (pred >= 0) & (pred < num_classes)
-    if ignore_index is not None:
-        keep &= gt != ignore_index
-    idx = gt[keep] * num_classes + pred[keep]
+    scored = np.ones_like(gt, dtype=bool) if ignore_index is None else gt != ignore_index
+    bad_gt = scored & ((gt < 0) | (gt >= num_classes))
+    bad_pred = scored & ((pred < 0) | (pred >= num_classes))
+    if bad_gt.any() or bad_pred.any():
+        what = []
+        if bad_gt.any():
+            what.append(f"ground-truth values {sorted(set(gt[bad_gt].tolist()))[:5]}")
+        if bad_pred.any():
+            what.append(f"predicted values {sorted(set(pred[bad_pred].tolist()))[:5]}")
+        raise ValueError(f"{' and '.join(what)} outside 0..{num_classes - 1} on scored pixels "
+                         f"(ignore_index={ignore_index})")
+    idx = gt[scored] * num_classes + pred[scored]
     return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def _area_terms(confusion: np.ndarray):
-    """MMSeg's ``intersect_and_union`` terms from a confusion matrix.
-
-    MMSeg counts ``area_pred`` over every kept pixel whose prediction is in range, including
-    pixels whose ground truth is out of range but not ignored; a confusion matrix only holds
-    in-range pairs, which is identical whenever ground truth is in range or ``ignore_index``
-    (true for all benchmark label maps).
-    """
+    """MMSeg's ``intersect_and_union`` terms from a confusion matrix (all values in range)."""
     intersect = np.diag(confusion).astype(np.float64)
     area_gt = confusion.sum(axis=1).astype(np.float64)
     area_pred = confusion.sum(axis=0).astype(np.float64)

@@ -205,7 +205,10 @@ class VisionBackbone:
         return F.linear(h, w, b).view(n, length, self.heads, self.head_dim).transpose(1, 2)
 
     def similarity_attention(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``softmax(scale * a b^T)`` over the last axis, per head."""
+        """``softmax(scale * a b^T)`` over the last axis, per head (fp32 under fp16/bf16 autocast)."""
+        if torch.is_autocast_enabled(a.device.type):
+            with torch.autocast(a.device.type, enabled=False):
+                return torch.softmax((a.float() @ b.float().transpose(-1, -2)) * self.scale, dim=-1)
         return torch.softmax((a @ b.transpose(-1, -2)) * self.scale, dim=-1)
 
     def attention_probs(self, index: int, x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from . import presets as _presets
 from .errors import ConfigError, InputError, TfovssError
+from .flops import auto_batch_size, autocast
 from .imageio import CLIP_MEAN, CLIP_STD, image_label, load_image, resize_short_side
 from .methods import Method, get_method_class
 from .methods.base import WindowContext
@@ -44,7 +45,8 @@ class Settings:
     pamr_steps: int = 0                 # PAMR iterations on the final logits (0 = off)
     pamr_dilations: tuple[int, ...] = (8, 16)
     templates: Any = "openai_imagenet"  # template-set name or a list of strings with "{}"
-    batch_size: int = 16                # windows per forward pass
+    batch_size: int = 16                # windows per forward pass; 0 = as many as fit a memory budget
+    precision: str = "fp32"             # fp32 | fp16 | bf16: autocast of the ViT blocks (text, logits, merging stay fp32)
 
     def validate(self) -> None:
         if self.crop < 0 or (self.crop and self.stride <= 0):
@@ -55,8 +57,10 @@ class Settings:
             raise ConfigError(f"prob_thd must be in [0, 1], got {self.prob_thd}")
         if self.area_thd is not None and not 0 <= self.area_thd <= 1:
             raise ConfigError(f"area_thd must be in [0, 1] or None, got {self.area_thd}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size < 0:
+            raise ConfigError(f"batch_size must be >= 1 (or 0 = automatic), got {self.batch_size}")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ConfigError(f"precision must be 'fp32', 'fp16' or 'bf16', got {self.precision!r}")
 
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(Settings))
@@ -220,28 +224,37 @@ class Segmenter:
         if min(resized.shape[:2]) < patch:
             raise InputError(f"{label}: image of size {rgb.shape[1]}x{rgb.shape[0]} becomes "
                              f"{resized.shape[1]}x{resized.shape[0]} after resizing, smaller than one patch")
-        x = torch.from_numpy(resized).to(self.model.device).permute(2, 0, 1).float()
+        x = torch.from_numpy(resized)
+        if self.model.device.type == "cuda":  # pinned host memory: an asynchronous copy to the GPU
+            x = x.pin_memory()
+        x = x.to(self.model.device, non_blocking=True).permute(2, 0, 1).float()
         mean = torch.tensor(CLIP_MEAN, device=x.device).view(3, 1, 1)
         std = torch.tensor(CLIP_STD, device=x.device).view(3, 1, 1)
         return rgb, ((x - mean) / std).unsqueeze(0)
 
     # -- dense logits --------------------------------------------------------------------------------
-    def windows(self, x: torch.Tensor) -> Iterator[WindowOutput]:
-        """Runs the method over the windows of one prepared input, ``batch_size`` at a time."""
+    def windows(self, x: torch.Tensor, trunk_fn=None) -> Iterator[WindowOutput]:
+        """Runs the method over the windows of one prepared input, ``batch_size`` at a time.
+
+        ``trunk_fn(crops, request) -> Trunk`` replaces ``run_trunk`` (the shared trunk of
+        :mod:`tfovss_core.multi` hands every method the same frozen-block outputs).
+        """
         s = self.settings
         _, _, h, w = x.shape
         boxes = sliding_windows(h, w, s.crop, s.stride)
         patch = self.model.visual.patch
         text = self.text_features
         request = self.method.trunk_request()
-        for start in range(0, len(boxes), s.batch_size):
-            chunk = boxes[start:start + s.batch_size]
+        batch = self.window_batch_size(x, len(boxes))
+        amp = autocast(x.device, s.precision)
+        for start in range(0, len(boxes), batch):
+            chunk = boxes[start:start + batch]
             crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
             pad = _pad_to_multiple(crops.shape[-2], crops.shape[-1], patch) if s.pad_to_patch else (0, 0, 0, 0)
             if any(pad):
                 crops = F.pad(crops, pad)
-            with self.model.visual.weight_edit(self.method.weight_edits()):
-                trunk = self.model.visual.run_trunk(crops, request)
+            with self.model.visual.weight_edit(self.method.weight_edits()), amp:
+                trunk = (trunk_fn or self.model.visual.run_trunk)(crops, request)
                 if self.method.needs_context:
                     context = WindowContext(images=crops, text=text, logit_scale=float(s.logit_scale))
                     feats = self.method.features(trunk, context)
@@ -252,15 +265,27 @@ class Segmenter:
             logits = (feats @ text.T).transpose(1, 2).reshape(len(chunk), -1, gh, gw)
             yield WindowOutput(boxes=chunk, grid=(gh, gw), features=feats, logits=logits)
 
-    def dense_logits(self, x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        """Cosine logits ``(Q, H, W)`` averaged over windows and resized to ``out_size``."""
+    def window_batch_size(self, x: torch.Tensor, n_windows: int) -> int:
+        """Windows per forward pass: ``batch_size``, or with 0 as many as fit the memory budget."""
+        s = self.settings
+        if s.batch_size:
+            return s.batch_size
+        _, _, h, w = x.shape
+        crop = (min(s.crop, h), min(s.crop, w)) if s.crop else (h, w)
+        return auto_batch_size(self.model.visual, crop, n_windows, x.device, s.precision)
+
+    def dense_logits(self, x: torch.Tensor, out_size: tuple[int, int], outputs=None) -> torch.Tensor:
+        """Cosine logits ``(Q, H, W)`` averaged over windows and resized to ``out_size``.
+
+        ``outputs``: the :class:`WindowOutput` s of ``x`` when already computed (default: run them).
+        """
         _, _, h, w = x.shape
         s = self.settings
         q = self.text_features.shape[0]
         canvas = x.new_zeros((q, h, w))
         count = x.new_zeros((1, h, w))
         patch = self.model.visual.patch
-        for out in self.windows(x):
+        for out in (self.windows(x) if outputs is None else outputs):
             y1, y2, x1, x2 = out.boxes[0]
             ch, cw = y2 - y1, x2 - x1
             left, right, top, bottom = _pad_to_multiple(ch, cw, patch) if s.pad_to_patch else (0, 0, 0, 0)
@@ -280,7 +305,12 @@ class Segmenter:
         label = image_label(image, name)
         rgb, x = self.prepare(image, label)
         size = rgb.shape[:2]
-        logits = self.dense_logits(x, size)
+        return self.finish(self.dense_logits(x, size), x, label)
+
+    @torch.inference_mode()
+    def finish(self, logits: torch.Tensor, x: torch.Tensor, name: str = "") -> SegmentationResult:
+        """PAMR, probabilities and mask from the dense logits ``(Q, H, W)`` at the image's size."""
+        label, size = name, tuple(logits.shape[-2:])
         s = self.settings
         if s.pamr_steps > 0:
             guide = F.interpolate(x, size=size, mode="bilinear", align_corners=False)

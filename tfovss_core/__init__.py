@@ -13,6 +13,7 @@ from .errors import ConfigError, InputError, TfovssError, WeightsError
 from .inference import SegmentationResult, Segmenter, Settings, sliding_windows
 from .methods import describe_method, get_method_class, list_methods, register_method
 from .model import ClipModel, load_clip
+from .multi import MultiSegmenter, compare, fast_settings, stream  # several methods, one shared trunk
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(max(1, int(n)))
 
 
-__all__ = ["load_clip", "ClipModel", "Segmenter", "SegmentationResult", "Settings", "list_methods",
+__all__ = ["load_clip", "ClipModel", "Segmenter", "MultiSegmenter", "compare", "stream", "fast_settings",
+           "SegmentationResult", "Settings", "list_methods",
            "describe_method", "get_method_class", "register_method", "presets", "sliding_windows",
            "set_threads", "TfovssError", "ConfigError", "InputError", "WeightsError", "__version__"]

@@ -233,7 +233,7 @@ class _LHTMixin:
         x = trunk.x
         ssr = set(o.ssr_layers) if o.use_ssr else set()
         for i in range(trunk.depth, end):
-            x = ssr_block(bb, i, x, o.ssr_alpha) if i in ssr else bb.block(i)(x)
+            x = ssr_block(bb, i, x, o.ssr_alpha) if i in ssr else bb.forward_block(i, x)
             outputs[i] = x
         return Trunk(embedded=trunk.embedded, depth=end, outputs=outputs, grid=trunk.grid)
 

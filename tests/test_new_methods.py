@@ -281,8 +281,9 @@ def test_components_off_reduce_to_the_host(families):
     ssr_only = create_method("clearclip+ssr", bb, ssr_alpha=0.0)             # alpha 0: stock blocks
     torch.testing.assert_close(_features(bb, ssr_only, x), _features(bb, create_method("clearclip", bb), x),
                                atol=1e-5, rtol=1e-4)
-    after = create_method("clearclip+she", bb, she_position="after")
-    assert _features(bb, after, x).shape == (2, 16, bb.visual.proj.shape[1])
+    for variant in (dict(she_position="after"), dict(she_norm="column"), dict(atr_input="ln")):
+        feats = _features(bb, create_method("clearclip+lht", bb, **variant), x)
+        assert feats.shape == (2, 16, bb.visual.proj.shape[1]) and torch.isfinite(feats).all()
 
 
 def test_unveil_reduces_to_its_equation_without_relation_and_dsi(families):

@@ -129,6 +129,8 @@ class LHTOptions:
         1.0, "Std (patches) of the neighbour weights; None = plain mean. The draft says 'unnormalised "
              "2-D Gaussian', the final version 'weighted aggregation of its 8 nearest normal "
              "neighbours': sigma and the normalisation are GUESSES.", source="ours")
+    atr_input: str = option("raw", "Where Hoyer sparsity is measured: the raw residual stream (our reading) "
+                                   "or after the final block's ln_1.", source="ours", choices=("raw", "ln"))
     she_heads: tuple[tuple[int, int], ...] | None = option(
         None, "(block, head) pairs, 0-based. None: the calibration profile's top-k heads if "
               "`profile` is given, else every head of she_layer_idx.", source="ours")
@@ -137,6 +139,9 @@ class LHTOptions:
               "best single layer, Table 4; the published top-10 list does not exist).", source="backbone")
     she_beta: float = option(0.4, "Affinity threshold of SHE (not found in the paper; SC-CLIP's "
                                   "value, GUESS).", source="ours")
+    she_norm: str = option("row", "Normalisation of the thresholded affinity: rows sum to 1 (as SC-CLIP's "
+                                  "aggregation; our reading) or columns sum to 1 (the paper's literal "
+                                  "'column-wise').", source="ours", choices=("row", "column"))
     she_position: str = option("before", "Refine the penultimate tokens ('before' the final block, as the "
                                          "equation reads) or the final features ('after', as the project "
                                          "page words it).", source="ours", choices=("before", "after"))
@@ -254,14 +259,17 @@ class _LHTMixin:
             s = contrib.sum(dim=1)
             total = s if total is None else total + s
         similarity = _cosine(total / len(o.she_heads))
-        return _row_normalised(torch.where(similarity < o.she_beta, 0.0, similarity))
+        kept = torch.where(similarity < o.she_beta, 0.0, similarity)
+        if o.she_norm == "column":
+            return _row_normalised(kept.transpose(-1, -2)).transpose(-1, -2)
+        return _row_normalised(kept)
 
     def features(self, trunk: Trunk, context=None) -> torch.Tensor:
         bb, o = self.backbone, self.options
         full = self.lht_trunk(trunk)
         x = full.x
         patches = x[:, 1:]
-        abnormal = abnormal_tokens(patches, o.atr_tau) if o.use_atr else None
+        abnormal = self._abnormal(x) if o.use_atr else None
         if abnormal is not None:
             patches = neighbour_fill(patches, abnormal, full.grid, o.atr_sigma)
         affinity = self.she_affinity(full, abnormal) if o.use_she else None
@@ -275,9 +283,14 @@ class _LHTMixin:
             feats = affinity @ feats
         return feats
 
+    def _abnormal(self, x: torch.Tensor) -> torch.Tensor:
+        if self.options.atr_input == "ln":
+            x = self.backbone.block(self.backbone.depth - 1).ln_1(x)
+        return abnormal_tokens(x[:, 1:], self.options.atr_tau)
+
     def detect_abnormal(self, trunk: Trunk) -> torch.Tensor:
         """ATR's flags ``(B, N)`` on the penultimate output of this method's forward (SSR applied)."""
-        return abnormal_tokens(self.lht_trunk(trunk).x[:, 1:], self.options.atr_tau)
+        return self._abnormal(self.lht_trunk(trunk).x)
 
 
 def _parse_components(components) -> tuple[str, ...]:

@@ -318,3 +318,11 @@ def test_no_heavy_imports():
             "bad = [m for m in ('torch', 'fiftyone', 'numpy', 'open_clip') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_lht_addons_switch_off_pamr_and_resclip_sfr():
+    from tfovss_core.presets import method_settings
+    assert method_settings("resclip", "voc21")["use_sfr"] is True
+    lht = method_settings("resclip+lht", "voc21")
+    assert lht["use_sfr"] is False and lht["pamr_steps"] == 0 and lht["paper_based"] is True
+    assert method_settings("naclip+atr", "voc20")["pamr_steps"] == 0

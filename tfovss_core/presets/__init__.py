@@ -186,6 +186,9 @@ def method_settings(method: str, dataset: str, arch_depth: int | None = None) ->
             entry["note"] = ("LHT-CLIP add-on (no public code): host settings with PAMR off, as the paper "
                              "states. With a ResCLIP host the paper compares against ResCLIP without SFR.")
             entry["source"] = f"{entry['source']}; LHT-CLIP add-on: PAMR off [paper]"
+            if "use_sfr" in entry:  # SFR depends on PAMR; LHT-CLIP's ResCLIP rows are without SFR
+                entry["use_sfr"] = False
+                entry["source"] += ", ResCLIP's SFR off [paper]"
     entry["method"] = str(method)
     entry["dataset"] = ds
     return entry

@@ -561,16 +561,12 @@ def _split_list(values: Sequence[str] | None) -> list[str]:
 
 
 def _parse_set(items: Sequence[str] | None) -> dict:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise BenchmarkError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except ValueError:
-            out[k.strip()] = v
-    return out
+    """``--set KEY=VALUE`` as the other subcommands parse it (JSON values where they parse)."""
+    from .cli import parse_sets
+    try:
+        return parse_sets(items)
+    except TfovssError as exc:
+        raise BenchmarkError(str(exc)) from exc
 
 
 def _parse_data(items: Sequence[str] | None) -> dict:

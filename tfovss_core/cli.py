@@ -10,21 +10,21 @@ from pathlib import Path
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def parse_sets(items: list[str] | None) -> dict:
-    """``--set key=value`` pairs; values are JSON when they parse as JSON (numbers, lists, null)."""
+    """``--set key=value`` pairs; values are JSON when they parse as JSON (numbers, lists, null).
+
+    Raises :class:`~tfovss_core.errors.ConfigError` on an item without ``=``.
+    """
+    from .errors import ConfigError
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = _parse_value(value.strip())
+        try:
+            out[key.strip()] = json.loads(value.strip())
+        except json.JSONDecodeError:
+            out[key.strip()] = value.strip()
     return out
 
 

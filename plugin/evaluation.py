@@ -422,7 +422,8 @@ def run_evaluation(samples, pred_field: str, gt_field: str, eval_key: str, class
     C = len(values)
     in_mean = np.array([not (background == "ignore" and v == 0) for v in values])
 
-    metric = tm.SegmentationMetric(num_classes=C + 1, ignore_index=None)
+    # ground truth outside the compared classes (and the ignore label) is mapped to -1: not scored
+    metric = tm.SegmentationMetric(num_classes=C + 1, ignore_index=-1)
     per_sample_miou: dict[str, float | None] = {}
     per_sample_acc: dict[str, float | None] = {}
     skipped = {"missing_gt": [], "missing_pred": [], "resized": [], "unreadable": []}

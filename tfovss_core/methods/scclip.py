@@ -18,23 +18,22 @@ from ..backbone import TrunkRequest
 from .sclip import SCLIP_PROTOCOL
 
 
-def lof_outliers(x: torch.Tensor, n_neighbors: int = 30, contamination: float = 0.05,
-                 chunk_bytes: int = 1 << 28) -> tuple[torch.Tensor, torch.Tensor]:
+def lof_outliers(x: torch.Tensor, n_neighbors: int = 30, contamination: float = 0.05
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SC-CLIP's LOF on each sample of ``x`` ``(B, N, C)``: outlier mask ``(B, N)`` and scores.
 
     Squared Euclidean distances; the reach distance uses the point's *own* k-distance
     (``max(d(p, o), k-dist(p))``), unlike textbook LOF and sklearn; outliers are the tokens whose
-    score exceeds the float32 ``1 - contamination`` quantile. Distances are computed row chunk by
-    row chunk with the official formula (``|x_i - x_j|_2^2``) to keep memory bounded.
+    score exceeds the float32 ``1 - contamination`` quantile.
     """
     b, n, c = x.shape
     k = min(n_neighbors, n - 1)
     masks, scores = [], []
-    rows = max(1, chunk_bytes // max(1, n * c * x.element_size()))
     for s in range(b):
         xs = x[s]
-        dist = torch.cat([torch.norm(xs[i:i + rows, None] - xs[None, :], dim=2, p=2) ** 2
-                          for i in range(0, n, rows)])
+        # per-pair sums of squared differences, as the official norm of the (N, N, C) difference
+        # tensor computes them, without materialising that tensor (no matmul expansion)
+        dist = torch.cdist(xs[None], xs[None], compute_mode="donot_use_mm_for_euclid_dist")[0] ** 2
         knn_d, knn_i = torch.topk(dist, k=k + 1, largest=False)
         knn_d, knn_i = knn_d[:, 1:], knn_i[:, 1:]
         reach = torch.max(knn_d, knn_d[:, -1:].expand_as(knn_d))

@@ -23,12 +23,10 @@ from __future__ import annotations
 import logging
 import math
 import re
-import warnings
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
-import fiftyone as fo
 import fiftyone.core.fields as fof
 import fiftyone.core.labels as fol
 from fiftyone.utils.eval.segmentation import (

@@ -235,7 +235,6 @@ def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
     """
     import fiftyone as fo
     import fiftyone.core.fields as fof
-    from fiftyone import ViewField as F
 
     import tfovss_core as tc
 

@@ -8,9 +8,8 @@ synonym max, area / probability thresholds -> probabilities + mask.
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -328,11 +327,7 @@ class Segmenter:
 
     def iter_predict(self, images: Iterable) -> Iterator[tuple[Any, SegmentationResult | TfovssError]]:
         """Streams ``(image, result or error)``; a bad image yields its error, the rest go on."""
-        for im in images:
-            try:
-                yield im, self.predict(im)
-            except InputError as exc:
-                yield im, exc
+        return guarded(self.predict, images)
 
     # -- description -------------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -346,6 +341,15 @@ class Segmenter:
                 "preset": self.preset.name if self.preset else None, "settings": s,
                 "num_templates": len(self.templates),
                 "renormalize_probs": self.method.renormalize_probs}
+
+
+def guarded(predict, images: Iterable) -> Iterator[tuple[Any, Any]]:
+    """``(image, predict(image))`` for each image, or ``(image, InputError)`` for a bad one."""
+    for im in images:
+        try:
+            yield im, predict(im)
+        except InputError as exc:
+            yield im, exc
 
 
 def _is_preset(name: str) -> bool:

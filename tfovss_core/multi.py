@@ -30,7 +30,8 @@ import torch
 from .backbone import Trunk, TrunkRequest
 from .errors import ConfigError, InputError, TfovssError
 from .imageio import image_label
-from .inference import SegmentationResult, Segmenter, WindowOutput, _pad_to_multiple, sliding_windows
+from .inference import (SegmentationResult, Segmenter, WindowOutput, _pad_to_multiple, guarded,
+                        sliding_windows)
 from .model import ClipModel
 
 
@@ -211,11 +212,7 @@ class MultiSegmenter:
         if workers > 0:
             yield from stream(self, images, workers=workers)
             return
-        for im in images:
-            try:
-                yield im, self.predict(im)
-            except InputError as exc:
-                yield im, exc
+        yield from guarded(self.predict, images)
 
     def describe(self) -> dict:
         return {"methods": {label: seg.describe() for label, seg in self.segmenters.items()},

@@ -229,3 +229,20 @@ def run_queued(dataset_name: str):
 def triggered(result) -> list[str]:
     """URIs of the operators an operator run triggered (reload_dataset, set_view, ...)."""
     return [getattr(r, "operator_uri", None) for r in getattr(result.executor, "_requests", [])]
+
+
+def reexport_top_conftest(namespace: dict) -> None:
+    """Copies tests/conftest.py's public names into ``namespace`` (a conftest's globals).
+
+    Several conftest.py files are all imported as the module ``conftest``; test modules that
+    ``from conftest import NAME`` get whichever pytest loaded last, so every conftest re-exports
+    the top-level one's names."""
+    import importlib.util
+
+    top = Path(__file__).resolve().parents[1] / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_tfovss_tests_top_conftest", top)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for k, v in vars(mod).items():
+        if not k.startswith("_") and k not in namespace:
+            namespace[k] = v

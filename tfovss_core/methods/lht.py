@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 

@@ -338,3 +338,30 @@ def test_cli_methods_lists_every_method_with_options():
     assert set(tc.list_methods()) <= names
     scclip = next(i for i in infos if i["name"] == "scclip")
     assert {o["name"] for o in scclip["options"]} >= {"pre_adjust_idx", "beta", "res_cls"}
+
+
+class _Holder(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_torchscript_archive_loads_like_openai_weights(tmp_path):
+    """OpenAI shipped TorchScript archives: their state dict (fp16 linear weights) must load."""
+    sd = tiny_state_dict(seed=4)
+    root = _Holder()
+    for key, value in sd.items():
+        *mods, leaf = key.split(".")
+        m = root
+        for name in mods:
+            if not hasattr(m, name):
+                m.add_module(name, _Holder())
+            m = getattr(m, name)
+        v = value.half() if value.ndim >= 2 and "embedding" not in key else value
+        m.register_parameter(leaf, torch.nn.Parameter(v.clone(), requires_grad=False))
+    path = tmp_path / "ViT-tiny.pt"
+    torch.jit.save(torch.jit.script(root), str(path))
+    loaded = tc.load_clip("tiny", str(path)).model.state_dict()
+    reference = tc.load_clip("tiny", dict(sd)).model.state_dict()
+    assert loaded.keys() == reference.keys()
+    for k in reference:
+        assert torch.equal(loaded[k], reference[k]), k

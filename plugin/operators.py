@@ -68,25 +68,31 @@ def _fail(message: str):
     raise ValueError(message)
 
 
+def _operator_config(name: str, label: str, description: str):
+    """Every tfovss operator: dynamic form, runs immediately or delegated (the choice is offered)."""
+    return foo.OperatorConfig(name=name, label=label, description=description, dynamic=True,
+                              allow_immediate_execution=True, allow_delegated_execution=True,
+                              default_choice_to_delegated=False)
+
+
+def _execution_options(ctx, delegate_above: int):
+    """Delegated by default when the target holds more than ``delegate_above`` samples."""
+    from fiftyone.operators.executor import ExecutionOptions
+
+    return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=True,
+                            default_choice_to_delegated=_target_count(ctx) > delegate_above)
+
+
 class PrelabelSegmentation(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="prelabel_segmentation",
-            label="Pre-label with open-vocabulary segmentation",
-            description="Segment the target samples with a training-free open-vocabulary "
-                        "method (SCLIP, ClearCLIP, NACLIP, ...) and your vocabulary",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=False,
-        )
+        return _operator_config(
+            "prelabel_segmentation", "Pre-label with open-vocabulary segmentation",
+            "Segment the target samples with a training-free open-vocabulary method "
+            "(SCLIP, ClearCLIP, NACLIP, ...) and your vocabulary")
 
     def resolve_execution_options(self, ctx):
-        from fiftyone.operators.executor import ExecutionOptions
-
-        return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=True,
-                                default_choice_to_delegated=_target_count(ctx) > DELEGATE_ABOVE)
+        return _execution_options(ctx, DELEGATE_ABOVE)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -266,22 +272,13 @@ class PrelabelSegmentation(foo.Operator):
 class EvaluateSegmentations(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="evaluate_segmentations",
-            label="Evaluate segmentations (mIoU)",
-            description="MMSeg-exact mIoU, per-class IoU/accuracy, pixel accuracy, per-sample "
-                        "mIoU and a confusion matrix, stored as a FiftyOne evaluation",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=False,
-        )
+        return _operator_config(
+            "evaluate_segmentations", "Evaluate segmentations (mIoU)",
+            "MMSeg-exact mIoU, per-class IoU/accuracy, pixel accuracy, per-sample mIoU and a "
+            "confusion matrix, stored as a FiftyOne evaluation")
 
     def resolve_execution_options(self, ctx):
-        from fiftyone.operators.executor import ExecutionOptions
-
-        return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=True,
-                                default_choice_to_delegated=_target_count(ctx) > 500)
+        return _execution_options(ctx, 500)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -389,16 +386,10 @@ def _pct(v):
 class ExportCocoMasks(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="export_coco_masks",
-            label="Export COCO masks",
-            description="Write a Segmentation field as COCO annotations (compressed RLE or "
-                        "polygons) with pycocotools",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=False,
-        )
+        return _operator_config(
+            "export_coco_masks", "Export COCO masks",
+            "Write a Segmentation field as COCO annotations (compressed RLE or polygons) with "
+            "pycocotools")
 
     def resolve_input(self, ctx):
         import os

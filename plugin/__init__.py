@@ -1,9 +1,10 @@
 """FiftyOne plugin ``@tfovss/ovss`` (entry point named by the repo-root ``fiftyone.yml``).
 
-Operators: pre-label with open-vocabulary segmentation, evaluate segmentations (MMSeg-exact
-mIoU), export COCO masks; panel: OVSS evaluations. Python API: :mod:`plugin.model`
-(``load_ovss_model`` for ``apply_model``), :mod:`plugin.prelabel`, :mod:`plugin.evaluation`
-(``run_evaluation``), :mod:`plugin.export`.
+Operators: pre-label with open-vocabulary segmentation, compare OVSS methods (several methods
+on a shared CLIP trunk, each evaluated), evaluate segmentations (MMSeg-exact mIoU), export COCO
+masks; panel: OVSS evaluations. Python API: :mod:`plugin.model` (``load_ovss_model`` for
+``apply_model``), :mod:`plugin.prelabel` (``prelabel``, ``prelabel_many``), :mod:`plugin.compare`
+(``compare_methods``), :mod:`plugin.evaluation` (``run_evaluation``), :mod:`plugin.export`.
 
 FiftyOne loads this file under a synthetic module name each time it rebuilds its plugin registry.
 The work is done by the regular package ``plugin`` (the repository root is put on ``sys.path`` if
@@ -31,10 +32,12 @@ def _ensure_importable():
 
 def register(p):
     _ensure_importable()
-    from plugin.operators import EvaluateSegmentations, ExportCocoMasks, PrelabelSegmentation
+    from plugin.operators import (CompareMethods, EvaluateSegmentations, ExportCocoMasks,
+                                  PrelabelSegmentation)
     from plugin.panels import OVSSEvaluationsPanel
 
     p.register(PrelabelSegmentation)
+    p.register(CompareMethods)
     p.register(EvaluateSegmentations)
     p.register(ExportCocoMasks)
     p.register(OVSSEvaluationsPanel)

@@ -49,6 +49,15 @@ def add_choice(inputs, name, values, *, default=None, label=None, description=No
                        description=description, required=required, view=view)
 
 
+def add_multi_choice(inputs, name, values, *, default=None, label=None, description=None):
+    """A list of several of ``values`` (a multi-select dropdown); required when no default."""
+    view = types.DropdownView(multiple=True)
+    for v in values:
+        view.add_choice(v, label=v)
+    return inputs.list(name, types.String(), default=list(default or []), label=label,
+                       description=description, required=not default, view=view)
+
+
 def add_optional_number(inputs, name, kind, label, description, default=None):
     if kind == "int":
         return inputs.int(name, label=label, description=description, default=default,

@@ -1,5 +1,6 @@
 """Operators of the ``@tfovss/ovss`` plugin: thin forms over :mod:`plugin.prelabel`,
-:mod:`plugin.evaluation` and :mod:`plugin.export`. Heavy imports happen inside the methods."""
+:mod:`plugin.compare`, :mod:`plugin.evaluation` and :mod:`plugin.export`. Heavy imports happen
+inside the methods."""
 from __future__ import annotations
 
 import fiftyone.operators as foo
@@ -16,6 +17,9 @@ _VOCAB_LABELS = {"text": "Free text (one class per line, synonyms comma-separate
                  "preset": "A benchmark preset (its class names and official settings)"}
 _DEFAULT_VOCAB = "background\ncat, kitten\ndog, puppy\nperson, man, woman"
 _ADDONS = ("lht", "atr", "ssr", "she")
+#: methods ticked by default in the compare form
+COMPARE_DEFAULT = ("sclip", "clearclip", "naclip")
+_NO_GT = "(none)"
 
 
 def _core():
@@ -83,6 +87,143 @@ def _execution_options(ctx, delegate_above: int):
                             default_choice_to_delegated=_target_count(ctx) > delegate_above)
 
 
+# -- form sections shared by the pre-label and compare operators ----------------------------------
+
+def _add_backbone(inputs):
+    inputs.view("backbone_header", types.Header(label="Backbone", divider=True))
+    inputs.str("arch", default="ViT-B-16", required=True, label="Architecture",
+               description="open_clip architecture, e.g. ViT-B-16, ViT-L-14")
+    inputs.str("pretrained", default="openai", required=True, label="Pretrained weights",
+               description="A pretrained tag (openai, laion2b_s34b_b88k, ...) or the path "
+                           "of a local checkpoint")
+
+
+def _add_vocabulary(inputs, ds, params):
+    inputs.view("vocab_header", types.Header(label="Vocabulary", divider=True))
+    mt_choices = _mask_targets_choices(ds)
+    sources = [s for s in VOCAB_SOURCES if s != "mask_targets" or mt_choices]
+    source = params.get("vocab_source") or ("mask_targets" if mt_choices else "text")
+    forms.add_choice(inputs, "vocab_source", sources, default=source, label="Classes from",
+                     labels=_VOCAB_LABELS, radio=True)
+    if source == "mask_targets" and mt_choices:
+        names = list(mt_choices)
+        forms.add_choice(inputs, "vocab_field", names, default=names[0],
+                         label="mask_targets of")
+        chosen = params.get("vocab_field") or names[0]
+        t = mt_choices.get(chosen, {})
+        preview = ", ".join(f"{k}: {v}" for k, v in list(sorted(
+            ((int(k), v) for k, v in t.items())))[:30])
+        more = f" (+{len(t) - 30} more)" if len(t) > 30 else ""
+        forms.notice(inputs, "vocab_preview", f"{len(t)} classes: {preview}{more}")
+    elif source == "preset":
+        presets = _core().presets.list_presets()
+        forms.add_choice(inputs, "preset", presets, default="voc21" if "voc21" in presets
+                         else presets[0], label="Preset")
+        forms.notice(inputs, "preset_note", "The preset's official settings for the "
+                     "method apply; values set below override them.")
+    else:
+        inputs.str("vocabulary", default=_DEFAULT_VOCAB, required=True,
+                   label="Classes", description="One class per line; synonyms separated "
+                   "by commas; the first line gets the pixels under the background "
+                   "threshold. Optional 'value:' prefixes set the mask values.",
+                   view=types.TextFieldView(multiline=True, rows=6))
+        text = params.get("vocabulary")
+        if text is not None:
+            from .prelabel import PrelabelInputError, parse_vocabulary
+            try:
+                parse_vocabulary(text)
+            except PrelabelInputError as e:
+                forms.error(inputs, "vocab_error", str(e))
+
+
+def _read_vocabulary(ctx):
+    """``(classes, vocabulary source)`` from the vocabulary section's parameters."""
+    p = ctx.params
+    source = p.get("vocab_source") or "text"
+    if source == "mask_targets":
+        key = p.get("vocab_field")
+        targets = _mask_targets_choices(ctx.dataset).get(key)
+        if not targets:
+            _fail(f"no mask_targets found for '{key}'")
+        return {int(k): v for k, v in targets.items()}, f"mask_targets:{key}"
+    if source == "preset":
+        return p.get("preset"), f"preset:{p.get('preset')}"
+    return p.get("vocabulary") or "", "text"
+
+
+def _add_settings(inputs):
+    inputs.view("settings_header", types.Header(label="Settings", divider=True))
+    for name, kind, label, desc in forms.DRIVER_SETTINGS:
+        forms.add_optional_number(inputs, name, kind, label, desc)
+    inputs.str("device", default="auto", label="Device",
+               description="auto, cpu, cuda, cuda:1, ...")
+    inputs.int("batch_size", default=8, min=1, label="Batch size",
+               description="Samples per write batch and CLIP windows per forward pass")
+
+
+def _check_output_fields(inputs, ds, fields, prop_name):
+    """Marks ``prop_name`` invalid when one of ``fields`` exists with other labels than
+    Segmentation; warns and offers *Overwrite* when some exist as Segmentation fields."""
+    import fiftyone as fo
+
+    schema = ds.get_field_schema() if ds is not None else {}
+    existing = []
+    for f in fields:
+        if f not in schema:
+            continue
+        doc = getattr(schema[f], "document_type", None)
+        if doc is None or not issubclass(doc, fo.Segmentation):
+            prop = inputs.get_property(prop_name)
+            prop.invalid = True
+            prop.error_message = f"'{f}' exists and is not a Segmentation field"
+            return
+        existing.append(f)
+    if existing:
+        what = (f"Field '{existing[0]}' exists" if len(existing) == 1 else
+                "Fields " + ", ".join(f"'{f}'" for f in existing) + " exist")
+        forms.warning(inputs, "exists_warning",
+                      f"{what}. Samples already labelled with the same settings are skipped; "
+                      "labels made otherwise are only replaced if you allow overwriting.")
+        inputs.bool("overwrite", default=False, label="Overwrite existing labels and "
+                    "mask files", view=types.CheckboxView())
+
+
+def _add_resume_and_mask_folder(inputs, ds):
+    inputs.bool("skip_labelled", default=True, label="Skip samples already labelled with "
+                "the same settings (resume)", view=types.CheckboxView())
+    from .prelabel import default_output_dir
+    inputs.str("output_dir", default=default_output_dir(ds) if ds is not None else None,
+               required=True, label="Mask folder",
+               description="Masks are written here as PNG files (<field>/<sample id>_"
+                           "<settings hash>.png)")
+
+
+def _add_delegate_note(inputs, ctx):
+    n = _target_count(ctx)
+    if n > DELEGATE_ABOVE:
+        forms.notice(inputs, "delegate_note", f"{n} samples: this runs as a delegated "
+                     "operation by default (needs `fiftyone delegated launch`).")
+
+
+def _add_eval_protocol(inputs):
+    forms.add_choice(inputs, "background", ["class", "ignore"], default="class",
+                     label="Background (value 0)", radio=True,
+                     labels={"class": "A class like any other (VOC protocol)",
+                             "ignore": "Not evaluated (ADE20K reduce_zero_label protocol)"})
+    inputs.int("ignore_index", default=255, label="Ignore index",
+               description="Ground-truth value that is never evaluated (void)")
+
+
+def _run_params(p) -> dict:
+    """Backbone, settings and output arguments of ``prelabel`` / ``prelabel_many``."""
+    return dict(arch=p.get("arch") or "ViT-B-16", pretrained=p.get("pretrained") or "openai",
+                settings=forms.read_settings(p), device=p.get("device") or None,
+                batch_size=int(p.get("batch_size") or 8),
+                output_dir=forms.path_param(p.get("output_dir")),
+                overwrite=bool(p.get("overwrite")),
+                skip_labelled=p.get("skip_labelled", True) is not False)
+
+
 class PrelabelSegmentation(foo.Operator):
     @property
     def config(self):
@@ -117,97 +258,23 @@ class PrelabelSegmentation(foo.Operator):
             inputs.view("options_header", types.Header(label=f"{full} options", divider=True))
             forms.add_method_options(inputs, info["options"])
 
-        # -- backbone -----------------------------------------------------------------------
-        inputs.view("backbone_header", types.Header(label="Backbone", divider=True))
-        inputs.str("arch", default="ViT-B-16", required=True, label="Architecture",
-                   description="open_clip architecture, e.g. ViT-B-16, ViT-L-14")
-        inputs.str("pretrained", default="openai", required=True, label="Pretrained weights",
-                   description="A pretrained tag (openai, laion2b_s34b_b88k, ...) or the path "
-                               "of a local checkpoint")
-
-        # -- vocabulary ---------------------------------------------------------------------
-        inputs.view("vocab_header", types.Header(label="Vocabulary", divider=True))
-        mt_choices = _mask_targets_choices(ds)
-        sources = [s for s in VOCAB_SOURCES if s != "mask_targets" or mt_choices]
-        source = params.get("vocab_source") or ("mask_targets" if mt_choices else "text")
-        forms.add_choice(inputs, "vocab_source", sources, default=source, label="Classes from",
-                         labels=_VOCAB_LABELS, radio=True)
-        if source == "mask_targets" and mt_choices:
-            names = list(mt_choices)
-            forms.add_choice(inputs, "vocab_field", names, default=names[0],
-                             label="mask_targets of")
-            chosen = params.get("vocab_field") or names[0]
-            t = mt_choices.get(chosen, {})
-            preview = ", ".join(f"{k}: {v}" for k, v in list(sorted(
-                ((int(k), v) for k, v in t.items())))[:30])
-            more = f" (+{len(t) - 30} more)" if len(t) > 30 else ""
-            forms.notice(inputs, "vocab_preview", f"{len(t)} classes: {preview}{more}")
-        elif source == "preset":
-            presets = core.presets.list_presets()
-            forms.add_choice(inputs, "preset", presets, default="voc21" if "voc21" in presets
-                             else presets[0], label="Preset")
-            forms.notice(inputs, "preset_note", "The preset's official settings for the "
-                         "method apply; values set below override them.")
-        else:
-            inputs.str("vocabulary", default=_DEFAULT_VOCAB, required=True,
-                       label="Classes", description="One class per line; synonyms separated "
-                       "by commas; the first line gets the pixels under the background "
-                       "threshold. Optional 'value:' prefixes set the mask values.",
-                       view=types.TextFieldView(multiline=True, rows=6))
-            text = params.get("vocabulary")
-            if text is not None:
-                from .prelabel import PrelabelInputError, parse_vocabulary
-                try:
-                    parse_vocabulary(text)
-                except PrelabelInputError as e:
-                    forms.error(inputs, "vocab_error", str(e))
-
-        # -- settings -----------------------------------------------------------------------
-        inputs.view("settings_header", types.Header(label="Settings", divider=True))
-        for name, kind, label, desc in forms.DRIVER_SETTINGS:
-            forms.add_optional_number(inputs, name, kind, label, desc)
-        inputs.str("device", default="auto", label="Device",
-                   description="auto, cpu, cuda, cuda:1, ...")
-        inputs.int("batch_size", default=8, min=1, label="Batch size",
-                   description="Samples per write batch and CLIP windows per forward pass")
+        _add_backbone(inputs)
+        _add_vocabulary(inputs, ds, params)
+        _add_settings(inputs)
 
         # -- output -------------------------------------------------------------------------
         inputs.view("output_header", types.Header(label="Output", divider=True))
         default_field = f"ovss_{method}"
         inputs.str("label_field", default=default_field, required=True, label="Output field")
         field = params.get("label_field") or default_field
-        schema = ds.get_field_schema() if ds is not None else {}
-        if field in schema:
-            import fiftyone as fo
-
-            doc = getattr(schema[field], "document_type", None)
-            if doc is None or not issubclass(doc, fo.Segmentation):
-                prop = inputs.get_property("label_field")
-                prop.invalid = True
-                prop.error_message = f"'{field}' exists and is not a Segmentation field"
-            else:
-                forms.warning(inputs, "exists_warning",
-                              f"Field '{field}' exists. Samples already labelled with the same "
-                              "settings are skipped; labels made otherwise are only replaced "
-                              "if you allow overwriting.")
-                inputs.bool("overwrite", default=False, label="Overwrite existing labels and "
-                            "mask files", view=types.CheckboxView())
-        inputs.bool("skip_labelled", default=True, label="Skip samples already labelled with "
-                    "the same settings (resume)", view=types.CheckboxView())
-        from .prelabel import default_output_dir
-        inputs.str("output_dir", default=default_output_dir(ds) if ds is not None else None,
-                   required=True, label="Mask folder",
-                   description="Masks are written here as PNG files (<field>/<sample id>_"
-                               "<settings hash>.png)")
+        _check_output_fields(inputs, ds, [field], "label_field")
+        _add_resume_and_mask_folder(inputs, ds)
         inputs.bool("confidence", default=False, label="Also store the per-pixel confidence "
                     "as a heatmap field", view=types.CheckboxView())
         if params.get("confidence"):
             inputs.str("confidence_field", default=f"{field}_confidence", required=True,
                        label="Confidence field")
-        n = _target_count(ctx)
-        if n > DELEGATE_ABOVE:
-            forms.notice(inputs, "delegate_note", f"{n} samples: this runs as a delegated "
-                         "operation by default (needs `fiftyone delegated launch`).")
+        _add_delegate_note(inputs, ctx)
         return types.Property(inputs, view=types.View(label="Pre-label with open-vocabulary "
                                                              "segmentation"))
 
@@ -220,20 +287,7 @@ class PrelabelSegmentation(foo.Operator):
         view = ctx.target_view()
         full = _full_method(p)
         info = _method_info(full)
-        source = p.get("vocab_source") or "text"
-        if source == "mask_targets":
-            key = p.get("vocab_field")
-            targets = _mask_targets_choices(ctx.dataset).get(key)
-            if not targets:
-                _fail(f"no mask_targets found for '{key}'")
-            classes = {int(k): v for k, v in targets.items()}
-            vocab_src = f"mask_targets:{key}"
-        elif source == "preset":
-            classes = p.get("preset")
-            vocab_src = f"preset:{classes}"
-        else:
-            classes = p.get("vocabulary") or ""
-            vocab_src = "text"
+        classes, vocab_src = _read_vocabulary(ctx)
         field = p.get("label_field")
         conf_field = (p.get("confidence_field") or f"{field}_confidence") \
             if p.get("confidence") else None
@@ -241,14 +295,8 @@ class PrelabelSegmentation(foo.Operator):
             report = prelabel(
                 view, field, classes=classes, method=full,
                 method_options=forms.read_method_options(p, info.get("options", [])),
-                arch=p.get("arch") or "ViT-B-16", pretrained=p.get("pretrained") or "openai",
-                settings=forms.read_settings(p), device=p.get("device") or None,
-                batch_size=int(p.get("batch_size") or 8),
-                output_dir=forms.path_param(p.get("output_dir")),
-                overwrite=bool(p.get("overwrite")),
-                skip_labelled=p.get("skip_labelled", True) is not False,
                 confidence_field=conf_field, progress=forms.Progress(ctx),
-                vocabulary_source=vocab_src)
+                vocabulary_source=vocab_src, **_run_params(p))
         except (PrelabelInputError, tc.TfovssError) as e:
             _fail(f"Pre-label not started: {e}")
         if not ctx.delegated:
@@ -310,12 +358,7 @@ class EvaluateSegmentations(foo.Operator):
             forms.warning(inputs, "key_exists", f"Evaluation '{key}' exists.")
             inputs.bool("overwrite", default=False, label="Replace it",
                         view=types.CheckboxView())
-        forms.add_choice(inputs, "background", ["class", "ignore"], default="class",
-                         label="Background (value 0)", radio=True,
-                         labels={"class": "A class like any other (VOC protocol)",
-                                 "ignore": "Not evaluated (ADE20K reduce_zero_label protocol)"})
-        inputs.int("ignore_index", default=255, label="Ignore index",
-                   description="Ground-truth value that is never evaluated (void)")
+        _add_eval_protocol(inputs)
         inputs.str("classes", default=None, required=False, label="Classes (optional)",
                    description="Comma-separated subset of the ground truth's class names; "
                                "empty: all classes of its mask_targets")
@@ -373,6 +416,140 @@ class EvaluateSegmentations(foo.Operator):
         outputs.int("num_evaluated", label="Samples evaluated")
         outputs.list("per_class", types.String(), label="Per class")
         return types.Property(outputs, view=types.View(label="Evaluation finished"))
+
+
+class CompareMethods(foo.Operator):
+    @property
+    def config(self):
+        return _operator_config(
+            "compare_ovss_methods", "Compare OVSS methods",
+            "Pre-label several methods in one pass on a shared CLIP trunk (each field identical "
+            "to that method run alone) and evaluate each against the ground truth")
+
+    def resolve_execution_options(self, ctx):
+        return _execution_options(ctx, DELEGATE_ABOVE)
+
+    def resolve_input(self, ctx):
+        from .compare import method_field
+
+        inputs = types.Object()
+        ctx.target_view()
+        params = ctx.params
+        ds = ctx.dataset
+
+        # -- methods ------------------------------------------------------------------------
+        methods = _core().list_methods()
+        default = [m for m in COMPARE_DEFAULT if m in methods] or methods[:2]
+        forms.add_multi_choice(
+            inputs, "methods", methods, default=default, label="Methods",
+            description="Methods that see the same windows share the frozen CLIP blocks "
+                        "(computed once per batch of windows); each keeps its default options")
+        chosen = _chosen_methods(params, default)
+        if not chosen:
+            forms.error(inputs, "no_methods", "Pick at least one method")
+
+        _add_backbone(inputs)
+        _add_vocabulary(inputs, ds, params)
+        _add_settings(inputs)
+        if params.get("vocab_source") == "preset":
+            forms.notice(inputs, "trunk_note", "With a preset each method gets its official "
+                         "window settings; methods whose windows differ do not share the "
+                         "trunk. Set short side, window size and stride to share it.")
+
+        # -- output -------------------------------------------------------------------------
+        inputs.view("output_header", types.Header(label="Output", divider=True))
+        inputs.str("field_prefix", default="ovss_", required=False, label="Field prefix",
+                   description="Each method writes the field <prefix><method>")
+        fields = [method_field(params.get("field_prefix") or "ovss_", m) for m in chosen]
+        if fields:
+            forms.notice(inputs, "fields_note", "Fields: " + ", ".join(fields))
+        _check_output_fields(inputs, ds, fields, "field_prefix")
+        _add_resume_and_mask_folder(inputs, ds)
+
+        # -- evaluation ---------------------------------------------------------------------
+        inputs.view("eval_header", types.Header(label="Evaluation", divider=True))
+        gts = [f for f in forms.segmentation_fields(ds) if f not in fields]
+        gt_guess = next((f for f in gts if "ground" in f or f in ("gt", "labels")), _NO_GT)
+        forms.add_choice(inputs, "gt_field", [_NO_GT] + gts, default=gt_guess,
+                         label="Ground truth (optional)",
+                         description="Evaluate every method's field against it (mIoU); the "
+                                     "OVSS evaluations panel then compares them")
+        if _gt_param(params.get("gt_field", gt_guess)):
+            inputs.str("eval_prefix", default="eval_", required=False,
+                       label="Evaluation key prefix", description="Keys are <prefix><field>")
+            keys = [(params.get("eval_prefix") or "eval_") + f for f in fields]
+            existing = [k for k in keys if ds is not None and k in ds.list_evaluations()]
+            if existing:
+                forms.warning(inputs, "evals_exist", "Evaluations " + ", ".join(existing) +
+                              " exist.")
+                inputs.bool("overwrite_evaluations", default=False, label="Replace them",
+                            view=types.CheckboxView())
+            _add_eval_protocol(inputs)
+        _add_delegate_note(inputs, ctx)
+        return types.Property(inputs, view=types.View(label="Compare OVSS methods"))
+
+    def execute(self, ctx):
+        from .compare import compare_methods
+        from .evaluation import EvaluationInputError
+        from .prelabel import PrelabelInputError
+
+        import tfovss_core as tc
+
+        p = ctx.params
+        classes, vocab_src = _read_vocabulary(ctx)
+        gt = _gt_param(p.get("gt_field"))
+        try:
+            out = compare_methods(
+                ctx.target_view(), _chosen_methods(p, []), classes=classes,
+                field_prefix=p.get("field_prefix") or "ovss_", gt_field=gt,
+                eval_prefix=p.get("eval_prefix") or "eval_",
+                background=p.get("background") or "class",
+                ignore_index=int(p.get("ignore_index", 255)),
+                overwrite_evaluations=bool(p.get("overwrite_evaluations")),
+                progress=forms.Progress(ctx), vocabulary_source=vocab_src, **_run_params(p))
+        except (PrelabelInputError, EvaluationInputError, tc.TfovssError) as e:
+            _fail(f"Comparison not started: {e}")
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        rows = [{**r, "mIoU": _pct(r["mIoU"]), "mAcc": _pct(r["mAcc"]), "aAcc": _pct(r["aAcc"])}
+                for r in out.rows()]
+        summary = []
+        for r in rows:
+            done = f"{r['num_labelled']} labelled, {r['num_skipped']} skipped, " \
+                   f"{r['num_failed']} failed"
+            if r["error"]:
+                done += f"; not evaluated: {r['error']}"
+            elif r["eval_key"]:
+                done = f"mIoU {r['mIoU']} % ({r['eval_key']}); " + done
+            summary.append(f"{r['method']} -> {r['field']}: {done}")
+        return {"per_method": rows, "summary": summary, "gt_field": gt,
+                "trunk_runs": out.prelabel.trunk_runs,
+                "failures": [f"{f['filepath']}: {f['error']}" for f in out.prelabel.failures]}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.list("summary", types.String(), label="Per method")
+        table = types.TableView()
+        for col, label in (("method", "Method"), ("field", "Field"), ("mIoU", "mIoU %"),
+                           ("aAcc", "aAcc %"), ("mAcc", "mAcc %"), ("eval_key", "Eval key"),
+                           ("num_labelled", "Labelled"), ("num_failed", "Failed")):
+            table.add_column(col, label=label)
+        outputs.list("per_method", types.Object(), view=table, label="Methods")
+        outputs.int("trunk_runs", label="Shared trunk passes (batches of windows)")
+        outputs.list("failures", types.String(), label="Failures")
+        return types.Property(outputs, view=types.View(label="Comparison finished"))
+
+
+def _chosen_methods(params, default) -> list[str]:
+    """The ``methods`` parameter: a list, or a comma-separated string from Python callers."""
+    value = params.get("methods", default)
+    if isinstance(value, str):
+        value = value.split(",")
+    return [str(m).strip() for m in (value or []) if str(m).strip()]
+
+
+def _gt_param(value):
+    return None if value in (None, "", _NO_GT) else value
 
 
 def _pct(v):

@@ -1,7 +1,7 @@
 """Panel "OVSS evaluations": every segmentation evaluation of the dataset in one table (method,
 backbone, settings, fields, mIoU, pixel accuracy), per-class IoU bars of a run, two runs side by
-side with per-class deltas, buttons that open the pre-label / evaluation / export operators, and
-one that loads the worst samples of a run as a view."""
+side with per-class deltas, buttons that open the pre-label / compare / evaluation / export
+operators, and one that loads the worst samples of a run as a view."""
 from __future__ import annotations
 
 import math
@@ -194,6 +194,9 @@ class OVSSEvaluationsPanel(foo.Panel):
     def on_prelabel(self, ctx):
         ctx.prompt(f"{PLUGIN}/prelabel_segmentation")
 
+    def on_compare(self, ctx):
+        ctx.prompt(f"{PLUGIN}/compare_ovss_methods")
+
     def on_evaluate(self, ctx):
         ctx.prompt(f"{PLUGIN}/evaluate_segmentations")
 
@@ -220,6 +223,8 @@ class OVSSEvaluationsPanel(foo.Panel):
         actions = panel.h_stack("actions", align_x="left", gap=2)
         actions.btn("prelabel", label="Pre-label…", on_click=self.on_prelabel,
                     variant="contained")
+        actions.btn("compare", label="Compare methods…", on_click=self.on_compare,
+                    variant="outlined")
         actions.btn("evaluate", label="Evaluate…", on_click=self.on_evaluate,
                     variant="outlined")
         actions.btn("export", label="Export COCO…", on_click=self.on_export,

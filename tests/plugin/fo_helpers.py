@@ -60,6 +60,7 @@ SHARED, DATA = _shared_paths()
 
 PLUGIN_NAME = "@tfovss/ovss"
 URI_PRELABEL = f"{PLUGIN_NAME}/prelabel_segmentation"
+URI_COMPARE = f"{PLUGIN_NAME}/compare_ovss_methods"
 URI_EVALUATE = f"{PLUGIN_NAME}/evaluate_segmentations"
 URI_EXPORT = f"{PLUGIN_NAME}/export_coco_masks"
 URI_PANEL = f"{PLUGIN_NAME}/ovss_evaluations"
@@ -224,6 +225,18 @@ def run_queued(dataset_name: str):
     import fiftyone.operators.delegated as food
 
     return food.DelegatedOperationService().execute_queued_operations(dataset_name=dataset_name)
+
+
+def run_delegated(foo, uri: str, dataset, params: dict, new_field: str):
+    """Queues ``uri`` as a delegated operation (checking that ``new_field`` is not written yet),
+    runs it in this process, checks it had no error and returns its ExecutionResult."""
+    r = foo.execute_operator(uri, ctx={"dataset": dataset, "params": params,
+                                       "request_delegation": True})
+    assert r.delegated and new_field not in dataset.get_field_schema()
+    done = run_queued(dataset.name)
+    assert len(done) == 1 and done[0].error is None, [d.error for d in done]
+    dataset.reload()
+    return done[0]
 
 
 def triggered(result) -> list[str]:

@@ -82,8 +82,8 @@ def test_plugin_registers_without_errors(foo):
     ctxs = [c for c in fpc.build_plugin_contexts() if c.name == PLUGIN_NAME]
     assert len(ctxs) == 1 and ctxs[0].errors == []
     uris = {o.uri for o in foo.list_operators(enabled=True)}
-    for name in ("prelabel_segmentation", "evaluate_segmentations", "export_coco_masks",
-                 "ovss_evaluations"):
+    for name in ("prelabel_segmentation", "compare_ovss_methods", "evaluate_segmentations",
+                 "export_coco_masks", "ovss_evaluations"):
         assert f"{PLUGIN_NAME}/{name}" in uris
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fo_helpers import URI_PRELABEL, needs_core, run_queued, triggered, unique_name
+from fo_helpers import URI_PRELABEL, needs_core, run_delegated, triggered
 
 pytestmark = needs_core
 
@@ -98,12 +98,7 @@ def test_prelabel_delegated_from_mask_targets_then_evaluate(fo, foo, coco_ds, tm
     p = params(tmp_path, vocab_source="mask_targets", vocab_field="ground_truth",
                label_field="pre")
     p.pop("vocabulary")
-    r = foo.execute_operator(URI_PRELABEL, ctx={"dataset": coco_ds, "params": p,
-                                                "request_delegation": True})
-    assert r.delegated and "pre" not in coco_ds.get_field_schema()
-    done = run_queued(coco_ds.name)
-    assert done and all(d.error is None for d in done), [d.error for d in done]
-    coco_ds.reload()
+    run_delegated(foo, URI_PRELABEL, coco_ds, p, "pre")
     assert coco_ds.mask_targets["pre"] == coco_ds.mask_targets["ground_truth"]
     assert len(coco_ds.exists("pre")) == len(coco_ds)
     from plugin.evaluation import run_evaluation

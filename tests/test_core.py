@@ -230,6 +230,23 @@ def test_area_threshold_drops_small_foreground_classes():
     assert torch.equal(apply_area_threshold(probs, 0.09)[2], probs[2])
 
 
+def test_mask_takes_the_first_class_on_ties_and_the_top_probability():
+    from tfovss_core.postprocess import probabilities_and_mask
+    logits = torch.zeros(4, 3, 5)
+    logits[2, 0] = 1.0
+    logits[3, 0] = 1.0               # row 0: queries 2 and 3 tie -> the first (class 1 via synonyms)
+    logits[1, 1] = 2.0               # row 1: class 1 (query 1) wins
+    query_class = torch.tensor([0, 1, 1, 2])
+    probs, mask = probabilities_and_mask(logits, query_class, 3, logit_scale=10.0)
+    assert mask[0].tolist() == [1] * 5 and mask[1].tolist() == [1] * 5
+    assert mask[2].tolist() == [0] * 5                        # all-equal row -> class 0
+    torch.testing.assert_close(probs, torch.stack([torch.softmax(logits * 10, 0)[0],
+                                                   torch.softmax(logits * 10, 0)[1:3].amax(0),
+                                                   torch.softmax(logits * 10, 0)[3]]))
+    _, strict = probabilities_and_mask(logits, query_class, 3, logit_scale=10.0, prob_thd=0.6)
+    assert strict[1].tolist() == [1] * 5 and strict[0].tolist() == [0] * 5  # 0.5 top prob < 0.6
+
+
 def test_pamr_keeps_constant_masks_and_smooths_towards_edges():
     from tfovss_core.pamr import pamr
     img = torch.zeros(1, 3, 20, 20)

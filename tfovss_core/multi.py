@@ -103,7 +103,7 @@ class MultiSegmenter:
 
     ``methods`` items: a method name (``"sclip"``), ``(label, method)``, ``(label, method, settings)``
     with per-method settings/options that override ``settings``, or a ready :class:`Segmenter`
-    on the same model. ``classes`` and ``settings`` are as for :class:`Segmenter` and apply to every
+    on the same model (alone, labelled by its method's name, or as ``(label, segmenter)``). ``classes`` and ``settings`` are as for :class:`Segmenter` and apply to every
     method; with a preset (``classes="voc21"``) each method gets its own official settings, so
     methods of different protocols (e.g. ClearCLIP's 448/224 windows vs SCLIP's 224/112) form
     separate trunk groups. Pass common window settings (``short_side``, ``crop``, ``stride``) to
@@ -132,12 +132,14 @@ class MultiSegmenter:
             return item.method.name, item
         if isinstance(item, str):
             return item, Segmenter(self.model, method=item, classes=classes, **settings)
+        if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], Segmenter):
+            return str(item[0]), item[1]
         if isinstance(item, (tuple, list)) and len(item) in (2, 3):
             label, method = item[0], item[1]
             extra = dict(item[2]) if len(item) == 3 else {}
             return str(label), Segmenter(self.model, method=method, classes=classes, **{**settings, **extra})
-        raise ConfigError(f"cannot read method spec {item!r}: give a name, (label, method) or "
-                          "(label, method, settings)")
+        raise ConfigError(f"cannot read method spec {item!r}: give a name, (label, method), "
+                          "(label, method, settings) or (label, Segmenter)")
 
     @property
     def labels(self) -> list[str]:

@@ -218,6 +218,200 @@ def test_cli_end_to_end_with_synthetic_weights(tmp_path):
     assert row in (out / "results.md").read_text()
 
 
+# ------------------------------------------------------------------------- shared frozen trunk
+
+# official presets on VOC: sclip+unveil share (336, 224/112), clip+maskclip share (448, 448/224);
+# gclip has ClearCLIP's windows but edits weights: a trunk of its own
+SHARE = ["sclip", "unveil", "clip", "maskclip", "gclip"]
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread: several threads on a busy 2-core machine run these tiny models ~10x
+    slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def small_voc(tmp_path_factory):
+    """A VOC-layout dataset of three 160x120 tiles of the shared VOC image (cheap to segment)."""
+    if not DATA.is_dir():
+        pytest.skip("shared sample data not found")
+    sample = next(get_importer("voc21", DATA).samples())
+    root = tmp_path_factory.mktemp("small_voc")
+    base = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True)
+    ids = []
+    with Image.open(sample.image_path) as im, Image.open(sample.gt_path) as lab:
+        for k in range(3):
+            box = (160 * k, 120 * k, 160 * k + 160, 120 * k + 120)
+            ids.append(f"tile_{k}")
+            im.crop(box).save(base / "JPEGImages" / f"tile_{k}.jpg", quality=95)
+            lab.crop(box).save(base / "SegmentationClass" / f"tile_{k}.png")
+    (base / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+def _stored(run_dir):
+    """A run's per-image records without their timing, and its saved masks."""
+    records = {i: {k: v for k, v in r.items() if k != "sec"}
+               for i, r in bm.read_records(run_dir / "images.jsonl").items()}
+    masks = {p.stem: np.asarray(Image.open(p)) for p in sorted((run_dir / "masks").glob("*.png"))}
+    return records, masks
+
+
+def test_shared_trunk_gives_the_same_records_masks_and_miou(tmp_path, capsys, small_voc,
+                                                            one_thread):
+    """The CLI with and without --no-shared-trunk: identical per-image records, masks and mIoU."""
+    base = ["--methods", ",".join(SHARE), "--datasets", "voc21", "--root", str(small_voc),
+            "--pretrained", "tiny:seed0", "--save-masks", "--no-progress",
+            "--set", "templates=single", "--set", "prob_thd=0", "--set", "area_thd=null"]
+    # (no background threshold: the tiny CLIP's masks then vary, so equal masks mean something)
+    assert bm.main(base + ["--out", str(tmp_path / "shared")]) == 0
+    log = capsys.readouterr().out
+    assert "voc21: frozen trunk shared by sclip+unveil, clip+maskclip (" in log
+    assert bm.main(base + ["--out", str(tmp_path / "alone"), "--no-shared-trunk"]) == 0
+    assert "frozen trunk shared" not in capsys.readouterr().out
+
+    js = {k: json.loads((tmp_path / k / "results.json").read_text()) for k in ("shared", "alone")}
+    assert js["shared"]["shared_trunk"] is True and js["alone"]["shared_trunk"] is False
+    assert "Frozen trunk: shared" in (tmp_path / "shared" / "results.md").read_text()
+    assert "not shared (`--no-shared-trunk`)" in (tmp_path / "alone" / "results.md").read_text()
+    assert json.loads((tmp_path / "shared" / "settings.json").read_text())["shared_trunk"] is True
+    for m in SHARE:
+        a, b = js["shared"]["details"][m]["voc21"], js["alone"]["details"][m]["voc21"]
+        assert a["computed"] == b["computed"] == a["evaluated"] == 3
+        assert a["settings_key"] == b["settings_key"]  # sharing is not a setting: same run
+        assert (a["mIoU"], a["mAcc"], a["aAcc"], a["IoU"]) == \
+            (b["mIoU"], b["mAcc"], b["aAcc"], b["IoU"]), m
+        shared_with = {"sclip": ["unveil"], "unveil": ["sclip"], "clip": ["maskclip"],
+                       "maskclip": ["clip"]}.get(m, [])
+        assert a["shared_trunk_with"] == shared_with and b["shared_trunk_with"] == []
+        run = os.path.basename(a["run_dir"])
+        records, masks = _stored(tmp_path / "shared" / "runs" / run)
+        ref_records, ref_masks = _stored(tmp_path / "alone" / "runs" / run)
+        assert records == ref_records and len(records) == a["evaluated"]
+        assert masks.keys() == ref_masks.keys() == records.keys()
+        for i in masks:
+            assert np.array_equal(masks[i], ref_masks[i]), (m, i)
+        if m != "gclip":  # (the tiny CLIP's GCLIP masks are flat)
+            assert max(len(np.unique(v)) for v in masks.values()) > 5, m
+    assert [r["mIoU"] for r in js["shared"]["rows"]] == [r["mIoU"] for r in js["alone"]["rows"]]
+    assert "--no-shared-trunk" in bm.build_parser().format_help()
+
+
+@pytest.fixture
+def counted_tiny(one_thread):
+    """Tiny CLIP weights and a model whose frozen-trunk passes are counted."""
+    weights = bm.resolve_weights("ViT-B/16", "tiny:seed0")
+    model = weights.load("cpu")
+    calls = []
+    original = model.visual.run_trunk
+
+    def counting(images, request):
+        calls.append(images.shape[0])
+        return original(images, request)
+
+    model.visual.run_trunk = counting
+    return weights, model, calls
+
+
+def _tiny_runner(out, methods, weights, model, root, limit, **kw):
+    """sclip / unveil with their official VOC windows (6 per tile), 2 windows per batch."""
+    return bm.BenchmarkRunner(methods, {"voc21": get_importer("voc21", root)}, weights, out,
+                              limit=limit, overrides={"templates": "single", "batch_size": 2,
+                                                        "prob_thd": 0, "area_thd": None},
+                              progress=False, log=lambda s: None, model=model, **kw)
+
+
+def test_shared_trunk_runs_the_frozen_blocks_once_per_window_batch(tmp_path, counted_tiny,
+                                                                   small_voc):
+    weights, model, calls = counted_tiny
+    alone = {}
+    for m in ("sclip", "unveil"):
+        calls.clear()
+        _tiny_runner(tmp_path / m, [m], weights, model, small_voc, 2).run()
+        alone[m] = len(calls)
+    assert alone["sclip"] == alone["unveil"] == 2 * 3  # 2 tiles, 6 windows each, 2 per batch
+
+    calls.clear()
+    runner = _tiny_runner(tmp_path / "shared", ["sclip", "unveil"], weights, model, small_voc, 2)
+    runner.run()
+    assert len(calls) == alone["sclip"] == runner.trunk_batches  # once for both methods
+
+    calls.clear()
+    _tiny_runner(tmp_path / "separate", ["sclip", "unveil"], weights, model, small_voc, 2,
+                 shared_trunk=False).run()
+    assert len(calls) == alone["sclip"] + alone["unveil"]
+
+
+def test_shared_trunk_resumes_a_method_finished_before_another(tmp_path, counted_tiny, small_voc):
+    """sclip has image 1, unveil nothing: image 1 is computed for unveil only, image 2 for both
+    in one shared pass; the records equal separate runs'."""
+    weights, model, calls = counted_tiny
+    _tiny_runner(tmp_path / "ref", ["sclip", "unveil"], weights, model, small_voc, 2,
+                 shared_trunk=False).run()
+    calls.clear()
+    _tiny_runner(tmp_path / "unveil-only", ["unveil"], weights, model, small_voc, 2).run()
+    unveil_batches = len(calls)
+
+    first = _tiny_runner(tmp_path / "out", ["sclip"], weights, model, small_voc, 1).run()
+    assert [r.computed for r in first] == [1]
+    calls.clear()
+    runner = _tiny_runner(tmp_path / "out", ["sclip", "unveil"], weights, model, small_voc, 2)
+    sclip, unveil = runner.run()
+    assert (sclip.computed, sclip.resumed, unveil.computed, unveil.resumed) == (1, 1, 2, 0)
+    assert sclip.shared_with == ["unveil"] and unveil.shared_with == ["sclip"]
+    assert len(calls) == unveil_batches  # image 1 for unveil alone, image 2 shared
+    for r in (sclip, unveil):
+        assert _stored(r.spec.dir)[0] == _stored(tmp_path / "ref" / "runs" / r.spec.dir.name)[0]
+        assert r.evaluated == 2 and r.metrics is not None
+
+    calls.clear()
+    again = _tiny_runner(tmp_path / "out", ["sclip", "unveil"], weights, model, small_voc, 2).run()
+    assert not calls and all(r.computed == 0 and r.resumed == 2 for r in again)
+
+
+def test_shared_trunk_failures_go_to_each_run(tmp_path, counted_tiny, small_voc):
+    """A corrupt image fails for every method; an error of one method on one image (here unveil
+    on tile_2) fails only that method: the others keep their shared-pass results."""
+    import shutil
+
+    import tfovss_core as tc
+
+    weights, model, calls = counted_tiny
+    root = tmp_path / "data"
+    shutil.copytree(small_voc, root)
+    (root / "VOCdevkit/VOC2012/JPEGImages/tile_1.jpg").write_bytes(b"not a jpeg")
+
+    class FailsOnTile2(tc.Segmenter):
+        def finish(self, logits, x, name=""):
+            if "tile_2" in name:
+                raise tc.InputError(f"{name}: refused")
+            return super().finish(logits, x, name)
+
+    def factory(spec):
+        cls = FailsOnTile2 if spec.method == "unveil" else tc.Segmenter
+        return cls(model, method=spec.method, classes="voc21", templates="single", batch_size=2,
+                   prob_thd=0, area_thd=None)
+
+    sclip, unveil = _tiny_runner(tmp_path / "out", ["sclip", "unveil"], weights, model, root, 3,
+                                 segmenter_factory=factory).run()
+    assert sorted(sclip.failed) == ["tile_1"] and sorted(unveil.failed) == ["tile_1", "tile_2"]
+    assert "refused" in unveil.failed["tile_2"]
+    assert (sclip.computed, unveil.computed) == (2, 1)
+    ref = _tiny_runner(tmp_path / "ref", ["sclip"], weights, model, small_voc, 3,
+                       shared_trunk=False).run()[0]
+    ref_records = _stored(ref.spec.dir)[0]
+    assert _stored(sclip.spec.dir)[0] == {i: ref_records[i] for i in ("tile_0", "tile_2")}
+
+
 # ----------------------------------------------------------------------------------- FiftyOne
 
 @pytest.fixture(scope="module")

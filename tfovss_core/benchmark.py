@@ -3,7 +3,9 @@
 Each method runs with its own official per-dataset settings (:mod:`tfovss_core.presets`); the model
 is loaded once (and only if something needs computing); images stream one at a time; every image's
 confusion matrix is appended to a per-run JSON-lines file as soon as it is computed, so an
-interrupted run resumes where it stopped and a repeated run recomputes nothing. A run is keyed by
+interrupted run resumes where it stopped and a repeated run recomputes nothing. The methods of a
+dataset run together image by image, sharing the frozen trunk where their windows coincide
+(:mod:`tfovss_core.multi`; ``--no-shared-trunk`` runs them one by one). A run is keyed by
 (method, dataset, split, settings hash); the hash covers the architecture, the weights, the preset
 settings, the method defaults, explicit overrides, the label source and the tfovss version.
 
@@ -28,6 +30,7 @@ import os
 import re
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -208,7 +211,24 @@ class RunResult:
     failed: dict = field(default_factory=dict)
     metrics: dict | None = None
     describe: dict | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0         # wall time of the pass that computed it (shared pass: common)
+    shared_with: list = field(default_factory=list)  # methods whose frozen-trunk pass it shared
+
+
+@dataclass
+class _Run:
+    """One (method, dataset) run while the runner works on it."""
+    spec: RunSpec
+    res: RunResult
+    records: dict                # id -> stored record (grows as images are computed)
+    selected: list[str]          # ids within --limit
+    todo: set[str]               # ids still to compute
+    meta: dict                   # run.json
+    running: np.ndarray          # confusion matrix so far (progress bar)
+    seg: Any = None
+
+
+_SAMPLE_ERRORS = (TfovssError, OSError, ValueError)  # per-image failures: recorded, the rest goes on
 
 
 class BenchmarkRunner:
@@ -219,13 +239,19 @@ class BenchmarkRunner:
     ``weights`` only labels the output); otherwise ``weights.load(device)`` runs once, lazily.
     ``segmenter_factory(spec)`` replaces building a :class:`Segmenter` (tests, custom pipelines):
     it returns an object with ``predict(path).mask``, ``num_classes`` and ``describe()``.
+
+    ``shared_trunk`` (default): the methods of a dataset run together, image by image: each image
+    is read once, and methods with the same windows and no weight edits share one pass of the
+    frozen blocks per window batch (:class:`~tfovss_core.multi.MultiSegmenter`; outputs equal each
+    method alone). Records, masks and resuming stay per run. ``False``: each run on its own.
     """
 
     def __init__(self, methods: Sequence[str], importers: dict, weights: Weights, out: str | Path,
                  *, limit: int | None = None, device=None, overrides: dict | None = None,
                  save_masks: bool = False, recompute: bool = False, progress: bool = True,
                  log: Callable[[str], None] = print, model=None,
-                 segmenter_factory: Callable[[RunSpec], Any] | None = None):
+                 segmenter_factory: Callable[[RunSpec], Any] | None = None,
+                 shared_trunk: bool = True):
         if not methods:
             raise BenchmarkError("no methods given")
         if not importers:
@@ -243,6 +269,8 @@ class BenchmarkRunner:
         self.log = log
         self._model = model
         self.segmenter_factory = segmenter_factory
+        self.shared_trunk = shared_trunk
+        self.trunk_batches = 0   # frozen-trunk window batches computed through shared passes
         self.model_loaded = False
         self.results: list[RunResult] = []
 
@@ -279,10 +307,45 @@ class BenchmarkRunner:
     # -- running ------------------------------------------------------------------------------
     def run(self) -> list[RunResult]:
         specs = self.plan()
-        self.results = [self._run_one(s) for s in specs]
+        results: dict[int, RunResult] = {}
+        for group in self._groups(specs):
+            for spec, res in zip(group, self._run_group(group)):
+                results[id(spec)] = res
+        self.results = [results[id(s)] for s in specs]
         return self.results
 
-    def _run_one(self, spec: RunSpec) -> RunResult:
+    def _groups(self, specs: list[RunSpec]) -> list[list[RunSpec]]:
+        """Runs computed together: every method of a dataset (shared trunk), else one by one.
+
+        Which of them really share the frozen blocks (same windows, no weight edits) is decided
+        per image by :class:`~tfovss_core.multi.MultiSegmenter`."""
+        if not self.shared_trunk:
+            return [[s] for s in specs]
+        by: dict[str, list[RunSpec]] = {}
+        for s in specs:
+            by.setdefault(s.dataset, []).append(s)
+        return list(by.values())
+
+    def _run_group(self, group: list[RunSpec]) -> list[RunResult]:
+        runs = [self._open(spec) for spec in group]
+        pending = [r for r in runs if r.todo]
+        if pending:
+            pending[0].spec.importer.check(limit=self.limit)
+            for r in pending:
+                self._start(r)
+            self._compute(pending)
+        for r in runs:
+            res, records = r.res, r.records
+            res.evaluated = sum(1 for i in r.selected if i in records)
+            cm = confusion_from_records([records[i] for i in r.selected if i in records],
+                                        r.spec.importer.num_classes)
+            res.metrics = metrics_from_confusion(cm) if res.evaluated else None
+            if res.describe is None:
+                res.describe = r.meta.get("describe")
+        return [r.res for r in runs]
+
+    def _open(self, spec: RunSpec) -> _Run:
+        """Writes the run's ``run.json`` and reads its stored records: what is done, what is not."""
         imp = spec.importer
         spec.dir.mkdir(parents=True, exist_ok=True)
         meta_path = spec.dir / "run.json"
@@ -298,84 +361,142 @@ class BenchmarkRunner:
         records = read_records(spec.records_path)
         done = {i for i in selected if i in records
                 and (not self.save_masks or _mask_path(spec.dir, i).is_file())}
-        todo = [i for i in selected if i not in done]
+        todo = {i for i in selected if i not in done}
         label = f"{spec.method} / {spec.dataset}"
-        res = RunResult(spec, len(selected), len(ids), 0, 0, len(done))
         if not todo:
             self.log(f"{label}: all {len(selected)} images already evaluated in "
                      f"{spec.dir.relative_to(self.out)}; nothing recomputed")
-        else:
-            if done:
-                self.log(f"{label}: resuming, {len(done)} of {len(selected)} images already "
-                         f"evaluated, {len(todo)} to compute")
-            imp.check(limit=self.limit)
-            seg = self._segmenter(spec)
-            if seg.num_classes != imp.num_classes:
-                raise BenchmarkError(f"{label}: the method has {seg.num_classes} classes, the "
-                                     f"dataset {imp.num_classes}")
-            res.describe = _jsonable(seg.describe())
-            meta["describe"] = res.describe
-            meta_path.write_text(json.dumps(_jsonable(meta), indent=1))
-            running = confusion_from_records([records[i] for i in done], imp.num_classes)
-            self._compute(spec, seg, todo, records, res, running)
-        res.evaluated = sum(1 for i in selected if i in records)
-        cm = confusion_from_records([records[i] for i in selected if i in records],
-                                    imp.num_classes)
-        res.metrics = metrics_from_confusion(cm) if res.evaluated else None
-        if res.describe is None:
-            res.describe = meta.get("describe")
-        return res
+        elif done:
+            self.log(f"{label}: resuming, {len(done)} of {len(selected)} images already "
+                     f"evaluated, {len(todo)} to compute")
+        res = RunResult(spec, len(selected), len(ids), 0, 0, len(done))
+        running = confusion_from_records([records[i] for i in done], imp.num_classes)
+        return _Run(spec, res, records, selected, todo, meta, running)
 
-    def _compute(self, spec: RunSpec, seg, todo: list[str], records: dict, res: RunResult,
-                 running: np.ndarray):
-        imp = spec.importer
-        k = imp.num_classes
+    def _start(self, r: _Run) -> None:
+        """Builds the run's segmenter (loading the model on first use)."""
+        imp = r.spec.importer
+        r.seg = self._segmenter(r.spec)
+        if r.seg.num_classes != imp.num_classes:
+            raise BenchmarkError(f"{r.spec.method} / {r.spec.dataset}: the method has "
+                                 f"{r.seg.num_classes} classes, the dataset {imp.num_classes}")
+        r.res.describe = r.meta["describe"] = _jsonable(r.seg.describe())
+        (r.spec.dir / "run.json").write_text(json.dumps(_jsonable(r.meta), indent=1))
+
+    def _compute(self, runs: list[_Run]) -> None:
+        """Streams the images any of ``runs`` (one dataset) still lacks, each image once for all."""
+        imp = runs[0].spec.importer
+        names = [r.spec.method for r in runs]
+        selected = runs[0].selected
+        todo = [i for i in selected if any(i in r.todo for r in runs)]
+        skip = set(selected).difference(todo)
+        if len(runs) > 1:
+            self.log(f"{imp.name}: {', '.join(names)} together, image by image (each image read "
+                     "once; the frozen blocks run once per window batch for methods with the same "
+                     "windows)")
         try:
             from tqdm import tqdm
         except ImportError:  # pragma: no cover
             tqdm = None
-        bar = tqdm(total=len(todo), desc=f"{spec.method} {spec.dataset}", unit="img",
+        bar = tqdm(total=len(todo), desc=f"{'+'.join(names)} {imp.name}", unit="img",
                    disable=not self.progress, file=sys.stderr, dynamic_ncols=True) if tqdm else None
+        multis: dict = {}
         t0 = time.time()
-        todo_set = set(todo)
-        skip = {i for i in records if i not in todo_set}
-        with open(spec.records_path, "a", encoding="utf-8") as f:
+        with ExitStack() as stack:
+            files = [stack.enter_context(open(r.spec.records_path, "a", encoding="utf-8"))
+                     for r in runs]
             for sample in imp.samples(limit=self.limit, skip=skip):
+                need = [(r, f) for r, f in zip(runs, files) if sample.id in r.todo]
                 t = time.time()
+                gt = None
                 try:
                     gt = sample.load_gt()
-                    pred = seg.predict(str(sample.image_path)).mask
-                    if pred.shape != gt.shape:
-                        raise BenchmarkError(
-                            f"prediction {pred.shape[1]}x{pred.shape[0]} differs from the ground "
-                            f"truth {gt.shape[1]}x{gt.shape[0]}")
-                except (TfovssError, OSError, ValueError) as exc:
-                    res.failed[sample.id] = f"{type(exc).__name__}: {exc}"
-                    self.log(f"{spec.method} / {spec.dataset}: {sample.id}: {exc}")
-                    if bar:
-                        bar.update(1)
-                    continue
-                cm = image_confusion(pred, gt, k, imp.ignore_index)
-                if self.save_masks:
-                    _write_mask(_mask_path(spec.dir, sample.id), pred)
-                nz = np.flatnonzero(cm)
-                rec = {"id": sample.id, "shape": list(gt.shape),
-                       "cm": [[int(i), int(cm.flat[i])] for i in nz],
-                       "sec": round(time.time() - t, 3)}
-                f.write(json.dumps(rec, separators=(",", ":")) + "\n")
-                f.flush()
-                records[sample.id] = rec
-                running += cm
-                res.computed += 1
+                    preds = self._predict([r for r, _ in need], str(sample.image_path), multis)
+                except _SAMPLE_ERRORS as exc:
+                    preds = {r.spec.method: exc for r, _ in need}
+                sec = round(time.time() - t, 3)
+                for r, f in need:
+                    self._record(r, f, sample.id, gt, preds[r.spec.method], sec)
                 if bar:
                     bar.update(1)
-                    miou = metrics_from_confusion(running)["mIoU"]
-                    bar.set_postfix_str(f"mIoU {100 * miou:.2f}")
+                    bar.set_postfix_str(" ".join(
+                        f"{'mIoU' if len(runs) == 1 else r.spec.method} "
+                        f"{100 * metrics_from_confusion(r.running)['mIoU']:.2f}" for r in runs))
         if bar:
             bar.close()
-        res.seconds = time.time() - t0
-        self.log(f"{spec.method} / {spec.dataset}: computed {res.computed} images in "
-                 f"{res.seconds:.1f}s" + (f", {len(res.failed)} failed" if res.failed else ""))
+        seconds = time.time() - t0
+        batches = sum(m.trunk_runs for m in multis.values())
+        self.trunk_batches += batches
+        groups = dict.fromkeys("+".join(n for n in names if n == r.spec.method
+                                        or n in r.res.shared_with)
+                               for r in runs if r.res.shared_with)
+        if groups:
+            self.log(f"{imp.name}: frozen trunk shared by {', '.join(groups)} ({batches} window "
+                     f"batches of the frozen blocks for {len(runs)} methods)")
+        for r in runs:
+            r.res.seconds = seconds
+            self.log(f"{r.spec.method} / {r.spec.dataset}: computed {r.res.computed} images in "
+                     f"{seconds:.1f}s" + (f", {len(r.res.failed)} failed" if r.res.failed else "")
+                     + (f" (together with {', '.join(n for n in names if n != r.spec.method)})"
+                        if len(runs) > 1 else ""))
+
+    def _predict(self, runs: list[_Run], path: str, multis: dict) -> dict[str, Any]:
+        """``{method: mask or error}`` for one image.
+
+        Several real :class:`Segmenter` s go through one :class:`~tfovss_core.multi.MultiSegmenter`
+        (its grouping decides which share the frozen trunk; outputs equal each method alone). If
+        that pass fails, each method runs alone, so an error is charged only to the method that
+        raises it."""
+        from .inference import Segmenter
+        from .multi import MultiSegmenter
+
+        model = getattr(runs[0].seg, "model", None)
+        if len(runs) > 1 and all(isinstance(r.seg, Segmenter) and r.seg.model is model
+                                 for r in runs):
+            labels = tuple(r.spec.method for r in runs)
+            if labels not in multis:
+                multis[labels] = MultiSegmenter(model, [(r.spec.method, r.seg) for r in runs])
+            multi = multis[labels]
+            try:
+                out = multi.predict(path)
+            except _SAMPLE_ERRORS:
+                pass
+            else:
+                by = {r.spec.method: r for r in runs}
+                for group in multi.last_groups:
+                    for m in group:
+                        by[m].res.shared_with.extend(o for o in group
+                                                     if o != m and o not in by[m].res.shared_with)
+                return {m: res.mask for m, res in out.items()}
+        preds: dict[str, Any] = {}
+        for r in runs:
+            try:
+                preds[r.spec.method] = r.seg.predict(path).mask
+            except _SAMPLE_ERRORS as exc:
+                preds[r.spec.method] = exc
+        return preds
+
+    def _record(self, r: _Run, f, sid: str, gt, pred, sec: float) -> None:
+        """Appends one image's confusion record to the run (or its error to ``failed``)."""
+        spec, imp = r.spec, r.spec.importer
+        if not isinstance(pred, Exception) and pred.shape != gt.shape:
+            pred = BenchmarkError(f"prediction {pred.shape[1]}x{pred.shape[0]} differs from the "
+                                  f"ground truth {gt.shape[1]}x{gt.shape[0]}")
+        if isinstance(pred, Exception):
+            r.res.failed[sid] = f"{type(pred).__name__}: {pred}"
+            self.log(f"{spec.method} / {spec.dataset}: {sid}: {pred}")
+            return
+        cm = image_confusion(pred, gt, imp.num_classes, imp.ignore_index)
+        if self.save_masks:
+            _write_mask(_mask_path(spec.dir, sid), pred)
+        nz = np.flatnonzero(cm)
+        rec = {"id": sid, "shape": list(gt.shape), "cm": [[int(i), int(cm.flat[i])] for i in nz],
+               "sec": sec}
+        f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        f.flush()
+        r.records[sid] = rec
+        r.running += cm
+        r.res.computed += 1
 
 
 def _now() -> str:
@@ -407,8 +528,11 @@ def _fmt(v) -> str:
 
 
 def build_tables(results: Sequence[RunResult], weights: Weights, *, limit=None, overrides=None,
-                 command: str = "") -> dict:
-    """The papers' layout: ``rows`` (one per method) with mIoU per dataset column and Avg."""
+                 command: str = "", shared_trunk: bool | None = None) -> dict:
+    """The papers' layout: ``rows`` (one per method) with mIoU per dataset column and Avg.
+
+    ``shared_trunk``: whether the runner shared the frozen trunk (:class:`BenchmarkRunner`);
+    recorded, never changes a number."""
     methods = list(dict.fromkeys(r.spec.method for r in results))
     datasets = _ordered(list(dict.fromkeys(r.spec.dataset for r in results)))
     by = {(r.spec.method, r.spec.dataset): r for r in results}
@@ -431,6 +555,7 @@ def build_tables(results: Sequence[RunResult], weights: Weights, *, limit=None, 
             "evaluated": r.evaluated, "computed": r.computed, "resumed": r.resumed,
             "failed": r.failed, "settings_key": r.spec.key,
             "run_dir": str(r.spec.dir), "seconds": round(r.seconds, 2),
+            "shared_trunk_with": list(r.shared_with),
         }
         if r.metrics is not None:
             names = imp.class_names()
@@ -450,6 +575,7 @@ def build_tables(results: Sequence[RunResult], weights: Weights, *, limit=None, 
         "banner": SYNTHETIC_BANNER if weights.synthetic else None,
         "arch": weights.arch, "weights": weights.label, "created": _now(),
         "limit": limit, "overrides": overrides or {}, "command": command,
+        "shared_trunk": shared_trunk,
         "metric": "mIoU (%), MMSegmentation IoUMetric: intersections and unions summed over the "
                   "dataset, ignore index dropped, classes absent from prediction and ground "
                   "truth skipped",
@@ -498,6 +624,11 @@ def render_markdown(t: dict) -> str:
     if t["overrides"]:
         w("\nSettings overridden for every run (not the official presets): " +
           ", ".join(f"`{k}={json.dumps(v)}`" for k, v in t["overrides"].items()) + "\n")
+    if t.get("shared_trunk") is not None:
+        w("\nFrozen trunk: " + ("shared by the methods with the same windows (each image's "
+                               "frozen blocks run once for them; outputs identical to separate "
+                               "runs)" if t["shared_trunk"] else
+                               "not shared (`--no-shared-trunk`)") + ".\n")
     w("\n## Settings used\n\n")
     w("| Method | Dataset | short side | crop / stride | logit scale | prob_thd | area_thd | "
       "PAMR | templates | source |\n|---|---|---:|---|---:|---:|---:|---:|---|---|\n")
@@ -545,7 +676,8 @@ def write_outputs(t: dict, out: Path) -> dict[str, Path]:
     body = {k: v for k, v in t.items() if k != "settings"}
     paths["json"].write_text(json.dumps(_jsonable(body), indent=1), encoding="utf-8")
     settings = {"synthetic_weights": t["synthetic_weights"], "banner": t["banner"],
-                "arch": t["arch"], "weights": t["weights"], "runs": t["settings"]}
+                "arch": t["arch"], "weights": t["weights"], "shared_trunk": t.get("shared_trunk"),
+                "runs": t["settings"]}
     paths["settings"].write_text(json.dumps(_jsonable(settings), indent=1), encoding="utf-8")
     return paths
 
@@ -614,6 +746,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-masks", action="store_true", help="keep predicted masks under runs/")
     p.add_argument("--recompute", action="store_true", help="ignore stored per-image results")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--no-shared-trunk", action="store_true",
+                   help="run each (method, dataset) on its own; by default the methods of a "
+                        "dataset run together and those with the same windows share one pass of "
+                        "the frozen blocks per window batch (identical outputs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -702,7 +838,8 @@ def run_from_args(args) -> int:
         runner = BenchmarkRunner(methods, importers, weights, out, limit=args.limit,
                                  device=args.device, overrides=overrides,
                                  save_masks=args.save_masks or args.fiftyone,
-                                 recompute=args.recompute, progress=not args.no_progress, log=log)
+                                 recompute=args.recompute, progress=not args.no_progress, log=log,
+                                 shared_trunk=not args.no_shared_trunk)
         if weights.synthetic:
             log(f"NOTE: {SYNTHETIC_BANNER}")
         results = runner.run()
@@ -712,7 +849,8 @@ def run_from_args(args) -> int:
         return 2
     command = "tfovss benchmark " + " ".join(_quote(a) for a in (getattr(args, "_argv", None) or []))
     tables = build_tables(results, weights, limit=args.limit, overrides=overrides,
-                          command=command.strip() if getattr(args, "_argv", None) else "")
+                          command=command.strip() if getattr(args, "_argv", None) else "",
+                          shared_trunk=runner.shared_trunk)
     paths = write_outputs(tables, out)
     computed = sum(r.computed for r in results)
     resumed = sum(r.resumed for r in results)

@@ -139,16 +139,38 @@ def test_batched_windows_equal_one_at_a_time(tiny, image, method):
         assert (many.mask == one.mask).mean() > 0.999
 
 
-def test_fused_block_loop_equals_open_clip_blocks(tiny):
-    bb = tiny.visual
+@pytest.mark.parametrize("quick_gelu", [True, False], ids=["quickgelu", "gelu"])
+def test_fused_block_loop_equals_open_clip_blocks(quick_gelu):
+    """The fused trunk (QuickGELU folded into the GEMMs' alpha) and the FFN primitive are open_clip's."""
+    bb = tiny_clip(seed=1, layers=4, quick_gelu=quick_gelu).visual
+    assert (type(bb.blocks[0].mlp.gelu).__name__ == "QuickGELU") == quick_gelu
     x = torch.randn(3, 3, 64, 80)
     with torch.inference_mode():
         emb, _ = bb.embed(x)
         ref = emb
         for block in bb.blocks:
+            torch.testing.assert_close(bb.mlp(block, ref), block.ls_2(block.mlp(block.ln_2(ref))),
+                                       atol=1e-5, rtol=1e-5)
             ref = block(ref)
         got = bb.run_trunk(x, TrunkRequest(depth=bb.depth)).x
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_lof_distances_match_the_official_difference_norm():
+    """SC-CLIP's LOF: float64 Gram distances == the official ``norm(x_i - x_j) ** 2`` (float32)."""
+    from tfovss_core.methods.scclip import _squared_distances, lof_outliers
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 196, 768, generator=g)
+    x[:, [7, 50, 120]] *= 6.0                                  # planted outliers
+    for xs in x:
+        official = torch.norm(xs[:, None] - xs[None, :], dim=2, p=2) ** 2
+        ours = _squared_distances(xs)
+        assert ours.dtype == torch.float32
+        assert float(((ours - official).abs() / official.clamp_min(1e-6)).max()) < 2e-6
+        assert (ours.diagonal() == 0).all()
+    mask, scores = lof_outliers(x)
+    assert mask.shape == (2, 196) and int(mask.sum()) == 2 * 10     # 5 % of 196, per window
+    assert {7, 50, 120} <= set(torch.nonzero(mask[0]).flatten().tolist())
 
 
 def test_stream_equals_predict(tiny, image, tmp_path):

@@ -103,8 +103,8 @@ class MultiSegmenter:
 
     ``methods`` items: a method name (``"sclip"``), ``(label, method)``, ``(label, method, settings)``
     with per-method settings/options that override ``settings``, or a ready :class:`Segmenter`
-    on the same model (alone, labelled by its method's name, or as ``(label, segmenter)``). ``classes`` and ``settings`` are as for :class:`Segmenter` and apply to every
-    method; with a preset (``classes="voc21"``) each method gets its own official settings, so
+    on the same model (alone, labelled by its method's name, or as ``(label, segmenter)``).
+    ``classes`` and ``settings`` are as for :class:`Segmenter` and apply to every method; with a preset (``classes="voc21"``) each method gets its own official settings, so
     methods of different protocols (e.g. ClearCLIP's 448/224 windows vs SCLIP's 224/112) form
     separate trunk groups. Pass common window settings (``short_side``, ``crop``, ``stride``) to
     share one trunk across all of them.

@@ -289,8 +289,9 @@ def prelabel_many(samples, fields_by_method: Mapping[str, str], *, classes,
     protocols form separate groups: pass ``short_side``/``crop``/``stride`` to share one trunk).
     Each field's masks, settings hash and mask files are exactly those that :func:`prelabel`
     writes for that method alone with the same arguments, so the two resume each other's runs;
-    its run info is the same too, plus ``shared_trunk`` and ``run_with`` (the pass's fields). Same rules per field as :func:`prelabel` (no overwrite unless asked,
-    resume by settings hash, failures listed per field), all checked before anything is written.
+    its run info is the same too, plus ``shared_trunk`` and ``run_with`` (the pass's fields).
+    Same rules per field as :func:`prelabel` (no overwrite unless asked, resume by settings hash,
+    failures listed per field), all checked before anything is written.
 
     Args:
         fields_by_method: ``{"sclip": "ovss_sclip", "clearclip": "ovss_clearclip", ...}``

@@ -207,7 +207,10 @@ def sample_images(data_dir: Path | None, limit: int = 10) -> list[Path]:
 
 # ----------------------------------------------------------------------------------------- sections
 def section_methods(model, image, clock, rates, repeats, methods, precision="fp32", batch_size=16):
-    """``rates``: list of matmul FLOP/s measurements, extended here (one per round, interleaved)."""
+    """``rates``: list of matmul FLOP/s measurements, extended here (one per round, interleaved).
+
+    Each run is compared with the matmul rate of its own round, so that a machine whose speed
+    drifts (shared hosts) does not bias the percentages."""
     rows, results = [], {}
     segs = {m: tc.Segmenter(model, method=m, classes="voc20", **PROTOCOL, precision=precision,
                             batch_size=batch_size) for m in methods}
@@ -238,8 +241,8 @@ def section_methods(model, image, clock, rates, repeats, methods, precision="fp3
             trunk = count_flops(model.visual.run_trunk, crops, seg.method.trunk_request())
         flops[m] = (total.total, trunk.total)
     for _ in range(repeats):  # round-robin over methods, the matmul reference interleaved
-        r = matmul_rate(2048, repeats=2, device=clock_device(clock))
-        rates.extend([r.flop_per_s_best])
+        round_rate = matmul_rate(2048, repeats=2, device=clock_device(clock)).flop_per_s_best
+        rates.append(round_rate)
         for m, seg in segs.items():
             if m == "naclip+pamr" and splits[m]:
                 continue  # PAMR at full resolution is slow: one run is enough
@@ -247,13 +250,13 @@ def section_methods(model, image, clock, rates, repeats, methods, precision="fp3
                 t = clock()
                 seg.predict(image)
                 total = clock() - t
-            splits[m].append(dict(acc, total=total))
-    rate = max(rates)
+            splits[m].append(dict(acc, total=total, rate=round_rate))
     if "naclip+pamr" in segs:
         flops["naclip+pamr"], peaks["naclip+pamr"] = flops["naclip"], peaks["naclip"]
     for m in segs:
         best, med = stats([s["total"] for s in splits[m]])
         sp = min(splits[m], key=lambda s: s["total"])  # the split of the fastest run
+        rate = sp["rate"]                               # the matmul rate of its round
         trunk_t = sp.get("trunk", 0.0)
         last = sp.get("last_block", 0.0)
         dense = sp.get("dense", 0.0)
@@ -457,7 +460,8 @@ def markdown(meta, rates, rows, official, shared, text, fast, memory, cuda_rows)
         L.append(f"- **{k}**: {meta[k]}")
     L.append(f"- **matmul rate** (2048³ fp32, measured {len(rates)} times in this run, interleaved with the "
              f"methods): best {max(rates) / 1e9:.1f} GFLOP/s, median {statistics.median(rates) / 1e9:.1f} "
-             "GFLOP/s; the percentages below use the best.")
+             "GFLOP/s; each percentage below uses the rate measured in the same round as the run "
+             "it describes (the fastest run of each method).")
     L.append("- **protocol**: short side 336 (input 336x448), windows 224 / stride 112 = 6 windows, "
              "batch of 16 windows, each method's own logit scale, PAMR off (row `naclip+pamr`: NACLIP's "
              "repository default, 10 PAMR steps at the output resolution, one run), text cached.\n")

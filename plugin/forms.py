@@ -50,8 +50,10 @@ def add_choice(inputs, name, values, *, default=None, label=None, description=No
 
 
 def add_multi_choice(inputs, name, values, *, default=None, label=None, description=None):
-    """A list of several of ``values`` (a multi-select dropdown); required when no default."""
-    view = types.DropdownView(multiple=True)
+    """A list of several of ``values`` (a multi-select dropdown); required when no default.
+
+    The App shows the chosen values as chips; its list offers only the others."""
+    view = types.DropdownView(multiple=True, filter_selected_options=True)
     for v in values:
         view.add_choice(v, label=v)
     return inputs.list(name, types.String(), default=list(default or []), label=label,

@@ -446,7 +446,9 @@ class CompareMethods(foo.Operator):
                         "(computed once per batch of windows); each keeps its default options")
         chosen = _chosen_methods(params, default)
         if not chosen:
-            forms.error(inputs, "no_methods", "Pick at least one method")
+            prop = inputs.get_property("methods")
+            prop.invalid = True
+            prop.error_message = "Pick at least one method"
 
         _add_backbone(inputs)
         _add_vocabulary(inputs, ds, params)
@@ -527,16 +529,24 @@ class CompareMethods(foo.Operator):
                 "failures": [f"{f['filepath']}: {f['error']}" for f in out.prelabel.failures]}
 
     def resolve_output(self, ctx):
+        # the per-method sentences ("summary") stay in the result for Python callers: the App
+        # shows lists of strings as one-line chips, which cut long evaluation errors short
         outputs = types.Object()
-        outputs.list("summary", types.String(), label="Per method")
         table = types.TableView()
         for col, label in (("method", "Method"), ("field", "Field"), ("mIoU", "mIoU %"),
                            ("aAcc", "aAcc %"), ("mAcc", "mAcc %"), ("eval_key", "Eval key"),
-                           ("num_labelled", "Labelled"), ("num_failed", "Failed")):
+                           ("num_labelled", "Labelled"), ("num_skipped", "Skipped"),
+                           ("num_failed", "Failed")):
             table.add_column(col, label=label)
         outputs.list("per_method", types.Object(), view=table, label="Methods")
+        results = ctx.results or {}
+        for n, row in enumerate(results.get("per_method") or []):
+            if row.get("error"):
+                forms.warning(outputs, f"not_evaluated_{n}", f"{row['method']} "
+                              f"({row['field']}) not evaluated: {row['error']}")
         outputs.int("trunk_runs", label="Shared trunk passes (batches of windows)")
-        outputs.list("failures", types.String(), label="Failures")
+        if results.get("failures"):
+            outputs.list("failures", types.String(), label="Failures")
         return types.Property(outputs, view=types.View(label="Comparison finished"))
 
 

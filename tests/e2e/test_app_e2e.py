@@ -2,13 +2,16 @@
 
 Opens a dataset, runs the pre-label operator from the operator browser on its few samples (tiny
 synthetic CLIP: ``tiny:seed0``), sees the new field in the sidebar, opens the "OVSS evaluations"
-panel and sees the run. Screenshots go to ``test-artifacts/e2e/`` (gitignored).
+panel and sees the run. Runs "Compare OVSS methods" with two methods picked in its multi-select,
+checks the fields, the evaluations and the mIoU it shows. Screenshots go to
+``test-artifacts/e2e/`` (gitignored).
 
 Needs ``/usr/bin/chromium`` (``apt-get install chromium``) and the ``playwright`` Python package
 (never ``playwright install``); skipped otherwise.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -20,8 +23,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
-from fo_helpers import (DATA, REPO_ROOT, VOC_CLASSES, coco_semantic, make_dataset,  # noqa: E402
-                      needs_core, unique_name, voc_items)
+from fo_helpers import (REPO_ROOT, VOC_CLASSES, coco_semantic, make_dataset,  # noqa: E402
+                        needs_core, voc_items)
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "e2e"
@@ -113,15 +116,21 @@ def _input_after(page, label_text):
         "xpath=following::*[self::input or self::textarea][1]")
 
 
-def test_app_prelabel_field_and_panel(fo, playwright_sync, app_server, app_dataset):
-    ds = app_dataset
-    shots = []
+class _Shots(list):
+    """``shots(page, name)`` saves a screenshot under ARTIFACTS and remembers its path."""
 
-    def shot(page, name):
+    def __call__(self, page, name):
         p = ARTIFACTS / name
         page.screenshot(path=str(p))
-        shots.append(p)
+        self.append(p)
 
+    def check(self):
+        assert all(s.is_file() and s.stat().st_size > 10000 for s in self)
+
+
+@contextlib.contextmanager
+def _dataset_page(playwright_sync, app_server, ds, shots, failure_png):
+    """A Chromium page showing ``ds`` in the App; ``failure_png`` is saved if the body raises."""
     with playwright_sync() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
         page = browser.new_page(viewport={"width": 1920, "height": 1080})
@@ -131,79 +140,224 @@ def test_app_prelabel_field_and_panel(fo, playwright_sync, app_server, app_datas
             page.get_by_text("ground_truth", exact=True).first.wait_for()
             time.sleep(3)
             _dismiss_popups(page)
-            shot(page, "01-dataset.png")
-
-            # -- pre-label from the operator browser ------------------------------------------
-            page.keyboard.press("Backquote")
-            page.get_by_placeholder("Search operations by name...").fill("Pre-label")
-            page.get_by_text("Pre-label with open-vocabulary segmentation",
-                             exact=True).first.click()
-            page.get_by_text("Pretrained weights", exact=True).first.wait_for()
-            time.sleep(2)
-            shot(page, "02-prelabel-form-top.png")
-            pre = page.locator("input[value='openai']").first
-            pre.fill("tiny:seed0")
-            _input_after(page, "Short side").fill("96")
-            _input_after(page, "Window size").fill("64")
-            _input_after(page, "Window stride").fill("64")
-            field = page.locator("input[value='ovss_sclip']").first
-            field.fill("ovss_app")
-            time.sleep(2)
-            shot(page, "02-prelabel-form-bottom.png")
-            page.get_by_role("button", name="Execute").click()
-            page.get_by_text("Samples labelled", exact=False).first.wait_for(timeout=240000)
-            time.sleep(1)
-            shot(page, "03-prelabel-done.png")
-            ds.reload()
-            assert len(ds.exists("ovss_app")) == len(ds)
-            page.keyboard.press("Escape")
-            _close = page.get_by_role("button", name="Close")
-            if _close.count():
-                _close.first.click()
-
-            # -- the new field is in the sidebar; show it --------------------------------------
-            name_el = page.get_by_text("ovss_app", exact=True).first
-            name_el.wait_for()
-            box = name_el.bounding_box()
-            page.mouse.click(box["x"] - 16, box["y"] + box["height"] / 2)
-            time.sleep(4)
-            shot(page, "04-new-field.png")
-
-            # -- evaluate (Python side), then the panel shows the run ---------------------------
-            from plugin.evaluation import run_evaluation
-            run_evaluation(ds, "ovss_app", "ground_truth", "eval_app")
-            # a second run to compare with: the ground truth shifted by 12 px (a stand-in for
-            # a better method; the tiny synthetic CLIP's masks score ~0)
-            import numpy as np
-            rough = {}
-            for s in ds.exists("ground_truth"):
-                m = np.roll(s.ground_truth.get_mask(), 12, axis=1)
-                rough[s.id] = fo.Segmentation(mask=np.where(m == 255, 0, m).astype(np.uint8))
-            ds.set_values("gt_shifted", rough, key_field="id")
-            mt = dict(ds.mask_targets)
-            mt["gt_shifted"] = mt["ground_truth"]
-            ds.mask_targets = mt
-            ds.save()
-            run_evaluation(ds, "gt_shifted", "ground_truth", "eval_shifted")
-            page.reload(wait_until="load")
-            page.get_by_text("ground_truth", exact=True).first.wait_for()
-            time.sleep(2)
-            _dismiss_popups(page)
-            page.locator("[data-cy='new-panel-btn'], [title='New panel']").first.click()
-            page.get_by_text("OVSS evaluations", exact=True).first.click()
-            page.get_by_text("eval_app", exact=True).first.wait_for()
-            page.get_by_text("eval_shifted", exact=True).first.wait_for()
-            time.sleep(3)
-            shot(page, "05-panel.png")
-            # compare the two runs: per-class IoU bars side by side, deltas
-            page.get_by_text("(none)", exact=True).first.click()
-            page.get_by_role("option", name="eval_app").first.click()
-            page.get_by_text("IoU % (compared)", exact=True).first.wait_for()
-            time.sleep(3)
-            shot(page, "06-panel-compare.png")
+            yield page
         except Exception:
-            shot(page, "99-failure.png")
+            shots(page, failure_png)
             raise
         finally:
             browser.close()
-    assert all(s.is_file() and s.stat().st_size > 10000 for s in shots)
+
+
+def _open_operator(page, search, label):
+    """Opens an operator's form from the operator browser (Backquote)."""
+    page.keyboard.press("Backquote")
+    page.get_by_placeholder("Search operations by name...").fill(search)
+    page.get_by_text(label, exact=True).first.click()
+    page.get_by_text("Pretrained weights", exact=True).first.wait_for()
+    time.sleep(2)
+
+
+def _fill_tiny_backbone_and_windows(page):
+    """The tiny synthetic CLIP and a small sliding-window protocol (fast on a CPU)."""
+    page.locator("input[value='openai']").first.fill("tiny:seed0")
+    _input_after(page, "Short side").fill("96")
+    _input_after(page, "Window size").fill("64")
+    _input_after(page, "Window stride").fill("64")
+
+
+def _close_output(page):
+    page.keyboard.press("Escape")
+    close = page.get_by_role("button", name="Close")
+    if close.count():
+        close.first.click()
+
+
+def _open_evaluations_panel(page, *eval_keys):
+    """Reloads the App, opens the "OVSS evaluations" panel and waits for ``eval_keys``."""
+    page.reload(wait_until="load")
+    page.get_by_text("ground_truth", exact=True).first.wait_for()
+    time.sleep(2)
+    _dismiss_popups(page)
+    page.locator("[data-cy='new-panel-btn'], [title='New panel']").first.click()
+    page.get_by_text("OVSS evaluations", exact=True).first.click()
+    for key in eval_keys:
+        page.get_by_text(key, exact=True).first.wait_for()
+    time.sleep(3)
+
+
+def test_app_prelabel_field_and_panel(fo, playwright_sync, app_server, app_dataset):
+    ds = app_dataset
+    shot = _Shots()
+    with _dataset_page(playwright_sync, app_server, ds, shot, "99-failure.png") as page:
+        shot(page, "01-dataset.png")
+
+        # -- pre-label from the operator browser ------------------------------------------
+        _open_operator(page, "Pre-label", "Pre-label with open-vocabulary segmentation")
+        shot(page, "02-prelabel-form-top.png")
+        _fill_tiny_backbone_and_windows(page)
+        field = page.locator("input[value='ovss_sclip']").first
+        field.fill("ovss_app")
+        time.sleep(2)
+        shot(page, "02-prelabel-form-bottom.png")
+        page.get_by_role("button", name="Execute").click()
+        page.get_by_text("Samples labelled", exact=False).first.wait_for(timeout=240000)
+        time.sleep(1)
+        shot(page, "03-prelabel-done.png")
+        ds.reload()
+        assert len(ds.exists("ovss_app")) == len(ds)
+        _close_output(page)
+
+        # -- the new field is in the sidebar; show it --------------------------------------
+        name_el = page.get_by_text("ovss_app", exact=True).first
+        name_el.wait_for()
+        box = name_el.bounding_box()
+        page.mouse.click(box["x"] - 16, box["y"] + box["height"] / 2)
+        time.sleep(4)
+        shot(page, "04-new-field.png")
+
+        # -- evaluate (Python side), then the panel shows the run ---------------------------
+        from plugin.evaluation import run_evaluation
+        run_evaluation(ds, "ovss_app", "ground_truth", "eval_app")
+        # a second run to compare with: the ground truth shifted by 12 px (a stand-in for
+        # a better method; the tiny synthetic CLIP's masks score ~0)
+        import numpy as np
+        rough = {}
+        for s in ds.exists("ground_truth"):
+            m = np.roll(s.ground_truth.get_mask(), 12, axis=1)
+            rough[s.id] = fo.Segmentation(mask=np.where(m == 255, 0, m).astype(np.uint8))
+        ds.set_values("gt_shifted", rough, key_field="id")
+        mt = dict(ds.mask_targets)
+        mt["gt_shifted"] = mt["ground_truth"]
+        ds.mask_targets = mt
+        ds.save()
+        run_evaluation(ds, "gt_shifted", "ground_truth", "eval_shifted")
+        _open_evaluations_panel(page, "eval_app", "eval_shifted")
+        shot(page, "05-panel.png")
+        # compare the two runs: per-class IoU bars side by side, deltas
+        page.get_by_text("(none)", exact=True).first.click()
+        page.get_by_role("option", name="eval_app").first.click()
+        page.get_by_text("IoU % (compared)", exact=True).first.wait_for()
+        time.sleep(3)
+        shot(page, "06-panel-compare.png")
+    shot.check()
+
+
+MULTI_PLACEHOLDER = "Type and press enter to add a value"  # the App's multi-select input
+
+
+def _wait_until(predicate, timeout=30.0, what="condition"):
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def _table_rows(table, key):
+    """``{row[key]: row}`` of an App table, each row ``{column header: cell text}``."""
+    header = table.locator("thead th").all_inner_texts()
+    rows = (dict(zip(header, tr.locator("td").all_inner_texts()))
+            for tr in table.locator("tbody tr").all())
+    return {row[key]: row for row in rows}
+
+
+def _pick(page, label, option):
+    """Picks ``option`` in the single-choice dropdown after the form label ``label``."""
+    select = page.get_by_text(label, exact=True).first.locator(
+        "xpath=following::*[contains(@class, 'MuiSelect-select')][1]")
+    select.click()
+    page.get_by_role("option", name=option, exact=True).first.click()
+    _wait_until(lambda: select.inner_text() == option, what=f"{label}: {option}")
+
+
+def test_app_compare_methods(fo, playwright_sync, app_server, app_dataset):
+    """"Compare OVSS methods" in the App: two methods picked in the multi-select, pre-labelled
+    on the shared trunk and evaluated; the mIoU it shows are the stored evaluations'."""
+    ds = app_dataset
+    picked = ["sclip", "clearclip"]
+    fields = {m: f"cmp_{m}" for m in picked}
+    shot = _Shots()
+    with _dataset_page(playwright_sync, app_server, ds, shot, "99-failure-compare.png") as page:
+        _open_operator(page, "Compare", "Compare OVSS methods")
+        methods = page.locator(".MuiAutocomplete-root",
+                               has=page.get_by_placeholder(MULTI_PLACEHOLDER))
+        chips = methods.locator(".MuiAutocomplete-tag")
+        execute = page.get_by_role("button", name="Execute")
+
+        def chosen():
+            return chips.all_inner_texts()
+
+        assert chosen() == ["sclip", "clearclip", "naclip"]  # the default
+
+        # -- the multi-select: clear it (the form refuses to run), pick two ------------------
+        methods.hover()
+        methods.locator("[title='Clear']").click()
+        page.get_by_text("Methods", exact=True).first.click()  # blur
+        page.get_by_text("Pick at least one method", exact=True).first.wait_for()
+        _wait_until(lambda: not chosen(), what="no chips")
+        _wait_until(execute.is_disabled, what="Execute disabled")
+        box = methods.get_by_placeholder(MULTI_PLACEHOLDER)
+        box.click()
+        page.get_by_role("option", name="sclip", exact=True).click()  # from the list
+        box.fill("clearc")  # typed, filtered, Enter picks the highlighted one
+        page.keyboard.press("Enter")
+        _wait_until(lambda: chosen() == picked, what=f"chips {picked}")
+        page.get_by_text("Pick at least one method", exact=True).wait_for(state="detached")
+        _wait_until(execute.is_enabled, what="Execute enabled")
+        box.click()  # the list offers only the methods not picked yet
+        page.get_by_role("option", name="naclip", exact=True).wait_for()
+        options = page.get_by_role("option").all_inner_texts()
+        assert not set(picked) & set(options) and "naclip" in options
+        shot(page, "11-compare-form-top.png")
+        page.keyboard.press("Escape")  # closes the list only
+        page.get_by_role("option").first.wait_for(state="detached")
+        assert chosen() == picked
+
+        # -- backbone, window settings, output prefix, ground truth --------------------------
+        _fill_tiny_backbone_and_windows(page)
+        page.locator("input[value='ovss_']").first.fill("cmp_")
+        page.get_by_text("Fields: " + ", ".join(fields.values()), exact=True).first.wait_for()
+        _pick(page, "Ground truth (optional)", "ground_truth")
+        page.get_by_text("Ignore index", exact=True).first.scroll_into_view_if_needed()
+        time.sleep(2)
+        shot(page, "12-compare-form-bottom.png")
+
+        # -- execute: the output table shows each method's mIoU -----------------------------
+        execute.click()
+        page.get_by_text("Comparison finished", exact=True).first.wait_for(timeout=300000)
+        time.sleep(2)
+        shot(page, "13-compare-done.png")
+        shown = _table_rows(page.locator("table").first, "Method")
+        assert sorted(shown) == sorted(picked)
+        assert page.get_by_text("not evaluated", exact=False).count() == 0
+
+        ds.reload()
+        evals = set(ds.list_evaluations())
+        for m, f in fields.items():
+            assert len(ds.exists(f)) == len(ds), f
+            key = f"eval_{f}"
+            assert key in evals
+            res = ds.load_evaluation_results(key)
+            row = shown[m]
+            assert (row["Field"], row["Eval key"]) == (f, key)
+            assert row["Labelled"] == str(len(ds)) and row["Failed"] == "0"
+            for col, value in (("mIoU %", res.mIoU), ("aAcc %", res.aAcc),
+                               ("mAcc %", res.mAcc)):
+                assert float(row[col]) == round(100 * value, 2), (m, col, row[col], value)
+        _close_output(page)
+
+        # -- the panel lists both runs with the same mIoU; compare them ---------------------
+        keys = [f"eval_{f}" for f in fields.values()]
+        _open_evaluations_panel(page, *keys)
+        runs = _table_rows(page.locator("table", has=page.get_by_text(keys[0], exact=True))
+                           .first, "Eval key")
+        for m, key in zip(picked, keys):
+            assert runs[key]["Method"] == m
+            assert runs[key]["mIoU %"] == shown[m]["mIoU %"]
+        _pick(page, "Run", keys[0])
+        _pick(page, "Compare with", keys[1])
+        page.get_by_text("IoU % (compared)", exact=True).first.wait_for()
+        page.get_by_text("Runs", exact=True).first.scroll_into_view_if_needed()
+        time.sleep(3)
+        shot(page, "14-compare-panel.png")
+    shot.check()

@@ -340,7 +340,9 @@ def test_every_method_on_every_backbone_family(families, image, name, depth):
     many = tc.Segmenter(model, name, CLASSES, batch_size=8, **kw).predict(image)
     again = tc.Segmenter(model, name, CLASSES, batch_size=8, **kw).predict(image)
     assert one.probs.shape == (3, 70, 90) and np.isfinite(one.probs).all()
-    np.testing.assert_allclose(many.probs, one.probs, atol=2e-6, rtol=0)
+    # batched == one window at a time within float rounding: BLAS picks kernels by the GEMM's row
+    # count, and 12-24 random blocks amplify last-bit differences to a few 1e-6 in the probs
+    np.testing.assert_allclose(many.probs, one.probs, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(many.probs, again.probs)
     np.testing.assert_array_equal(many.mask, again.mask)
 

@@ -133,6 +133,13 @@ def error(inputs, name: str, message: str):
     inputs.view(name, types.Error(label=message))
 
 
+def invalid(inputs, name: str, message: str):
+    """Marks input ``name`` invalid: the App shows ``message`` under it and disables Execute."""
+    prop = inputs.get_property(name)
+    prop.invalid = True
+    prop.error_message = message
+
+
 def warning(inputs, name: str, message: str):
     inputs.view(name, types.Warning(label=message))
 

@@ -173,9 +173,7 @@ def _check_output_fields(inputs, ds, fields, prop_name):
             continue
         doc = getattr(schema[f], "document_type", None)
         if doc is None or not issubclass(doc, fo.Segmentation):
-            prop = inputs.get_property(prop_name)
-            prop.invalid = True
-            prop.error_message = f"'{f}' exists and is not a Segmentation field"
+            forms.invalid(inputs, prop_name, f"'{f}' exists and is not a Segmentation field")
             return
         existing.append(f)
     if existing:
@@ -348,9 +346,7 @@ class EvaluateSegmentations(foo.Operator):
         pred = params.get("pred_field") or pred_guess
         gt = params.get("gt_field") or gt_guess
         if pred == gt:
-            prop = inputs.get_property("gt_field")
-            prop.invalid = True
-            prop.error_message = "choose two different fields"
+            forms.invalid(inputs, "gt_field", "choose two different fields")
         key_default = f"eval_{pred}"
         inputs.str("eval_key", default=key_default, required=True, label="Evaluation key")
         key = params.get("eval_key") or key_default
@@ -446,9 +442,7 @@ class CompareMethods(foo.Operator):
                         "(computed once per batch of windows); each keeps its default options")
         chosen = _chosen_methods(params, default)
         if not chosen:
-            prop = inputs.get_property("methods")
-            prop.invalid = True
-            prop.error_message = "Pick at least one method"
+            forms.invalid(inputs, "methods", "Pick at least one method")
 
         _add_backbone(inputs)
         _add_vocabulary(inputs, ds, params)

@@ -241,8 +241,7 @@ def section_methods(model, image, clock, rates, repeats, methods, precision="fp3
             trunk = count_flops(model.visual.run_trunk, crops, seg.method.trunk_request())
         flops[m] = (total.total, trunk.total)
     for _ in range(repeats):  # round-robin over methods, the matmul reference interleaved
-        round_rate = matmul_rate(2048, repeats=2, device=clock_device(clock)).flop_per_s_best
-        rates.append(round_rate)
+        rates.append(matmul_rate(2048, repeats=2, device=clock_device(clock)).flop_per_s_best)
         for m, seg in segs.items():
             if m == "naclip+pamr" and splits[m]:
                 continue  # PAMR at full resolution is slow: one run is enough
@@ -587,8 +586,8 @@ def main(argv=None):
         args, model, golden_dir, clock, max(5, args.repeats))
     for r in official:
         print(f"official {r['method']}: {r['official'][1]:.2f} s median vs ours {r['ours'][1]:.2f} s: "
-              f"{r['speedup_med']:.2f}x (paired {r['speedup_paired']:.2f}x); probs diff {r['probs_diff']:.1e}, "
-              f"mask agree {r['mask_agree']:.4f}",
+              f"{r['speedup_med']:.2f}x (paired {r['speedup_paired']:.2f}x); "
+              f"probs diff {r['probs_diff']:.1e}, mask agree {r['mask_agree']:.4f}",
               flush=True)
     shared = None
     if "shared" not in skip and set(SIX) <= set(results):

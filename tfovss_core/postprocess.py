@@ -18,16 +18,6 @@ def merge_synonyms(query_probs: torch.Tensor, query_class: torch.Tensor, num_cla
     return out.scatter_reduce(0, index, query_probs, reduce="amax", include_self=True)
 
 
-def _argmax_classes(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top value and its class index over axis 0, the first index on ties (as the repos' argmax).
-
-    ``max(dim=0)`` gives both in one pass and, on CPU, runs ~3x faster than ``argmax(dim=0)``
-    for a reduction over the outer axis of a ``(C, H, W)`` map.
-    """
-    top, index = probs.max(dim=0)
-    return top, index
-
-
 def apply_area_threshold(probs: torch.Tensor, area_thd: float) -> torch.Tensor:
     """Zeroes every non-background class whose argmax area is <= ``area_thd`` of the foreground.
 
@@ -35,7 +25,7 @@ def apply_area_threshold(probs: torch.Tensor, area_thd: float) -> torch.Tensor:
     the hard argmax.
     """
     num_classes = probs.shape[0]
-    counts = torch.bincount(_argmax_classes(probs)[1].flatten(), minlength=num_classes)[1:].to(probs.dtype)
+    counts = torch.bincount(probs.max(dim=0).indices.flatten(), minlength=num_classes)[1:].to(probs.dtype)
     keep = (counts > area_thd * counts.sum()).to(probs.dtype)
     probs = probs.clone()
     probs[1:] *= keep.view(-1, 1, 1)
@@ -55,7 +45,9 @@ def probabilities_and_mask(logits: torch.Tensor, query_class: torch.Tensor, num_
     probs = merge_synonyms(probs, query_class, num_classes)
     if area_thd is not None:
         probs = apply_area_threshold(probs, area_thd)
-    top, mask = _argmax_classes(probs)
+    # top value and class in one pass, the first index on ties (as the repos' argmax); on a CPU
+    # ~3x faster than argmax(dim=0) over the outer axis of a (C, H, W) map
+    top, mask = probs.max(dim=0)
     if prob_thd > 0:
         mask = torch.where(top < prob_thd, torch.zeros_like(mask), mask)
     if renormalize:

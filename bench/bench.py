@@ -49,8 +49,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import tfovss_core as tc  # noqa: E402
-from tfovss_core import inference as _inference  # noqa: E402
-from tfovss_core.flops import count_flops, matmul_rate  # noqa: E402
+from tfovss_core.engine import segmenter as _inference  # noqa: E402
+from tfovss_core.ops.flops import count_flops, matmul_rate  # noqa: E402
 
 SIX = ["clip", "maskclip", "sclip", "clearclip", "naclip", "scclip"]
 PROTOCOL = dict(short_side=336, crop=224, stride=112, pamr_steps=0)
@@ -341,8 +341,8 @@ def section_shared(model, image, clock, repeats, single_results):
 
 
 def section_text(model, clock, n_queries: int):
-    from tfovss_core.text import TextEncoder, resolve_templates
-    from tfovss_core.presets import get_preset
+    from tfovss_core.clip.text import TextEncoder, resolve_templates
+    from tfovss_core.spec.presets import get_preset
     names = [c[0] if isinstance(c, (list, tuple)) else c for c in get_preset("voc20").classes("sclip")][:n_queries]
     templates = resolve_templates("openai_imagenet")
     enc = TextEncoder(model.model, model.tokenizer, model.text_digest, use_cache=False)
@@ -371,7 +371,7 @@ def section_text(model, clock, n_queries: int):
 
 
 def section_fast(model, files, clock, methods=("sclip", "clearclip")):
-    from tfovss_core.multi import fast_settings
+    from tfovss_core.engine.multi import fast_settings
     rows = []
     for m in methods:
         ref = tc.Segmenter(model, method=m, classes="voc20", **PROTOCOL)
@@ -409,7 +409,7 @@ def section_memory(model, files, clock, n: int = 4, factor: int = 10):
     section short: what is measured is whether memory grows with the number of images, which the
     per-image work does not change.
     """
-    from tfovss_core.multi import fast_settings
+    from tfovss_core.engine.multi import fast_settings
     seg = tc.Segmenter(model, method="sclip", classes="voc20", **fast_settings("whole"))
     for f in files[:n]:
         seg.predict(str(f))
@@ -479,7 +479,7 @@ def markdown(meta, rates, rows, official, shared, text, fast, memory, cuda_rows)
                  f"{r['limit_s']:.2f} | {r['limit_pct']:.0f} |")
     L.append("\nThe split is that of the fastest run (text: 0, cached). `% of limit` = (counted FLOPs / "
              "matmul rate) / s/image min. FLOPs are counted from the executed matmuls, convolutions and "
-             "SDPA calls (`tfovss_core.flops`).\n")
+             "SDPA calls (`tfovss_core.ops.flops`).\n")
     if official:
         L.append("### Side by side with the official code (golden 'chelsea', 336x448 input, 6 windows)\n")
         L.append("| method | official s/image min / median | ours s/image min / median | speed-up (median "

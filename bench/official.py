@@ -82,7 +82,7 @@ class OfficialSegmentor:
     def __init__(self, repo_dir: str | Path, state_dict: dict, query_features: torch.Tensor,
                  query_idx, *, logit_scale=40.0, prob_thd=0.0, area_thd=None, slide_crop=224,
                  slide_stride=112, **net_attrs):
-        import tfovss_core._openclip  # noqa: F401  (installs the torchvision placeholder if needed)
+        import tfovss_core.clip.openclip  # noqa: F401  (installs the torchvision placeholder if needed)
         _install_mm_stubs()
         repo_dir = Path(repo_dir).resolve()
         seg_files = sorted(repo_dir.glob("*_segmentor.py"))

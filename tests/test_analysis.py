@@ -11,7 +11,7 @@ import torch
 from tfovss_core import analysis
 from tfovss_core.errors import ConfigError
 from tfovss_core.methods import create_method
-from tfovss_core.testing import tiny_clip
+from tfovss_core.clip.synthetic import tiny_clip
 
 
 @pytest.fixture(scope="module")

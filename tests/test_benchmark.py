@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfovss_core import benchmark as bm
-from tfovss_core.datasets import get_importer
-from tfovss_core.metrics import SegmentationMetric
+from tfovss_core.eval import benchmark as bm
+from tfovss_core.eval.datasets import get_importer
+from tfovss_core.eval.metrics import SegmentationMetric
 
 from conftest import DATA, GOLDEN, REPO_ROOT
 
@@ -151,7 +151,7 @@ def _cli(args, env_extra=None, timeout=600):
     env = dict(os.environ)
     env.update(env_extra or {})
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "tfovss_core.benchmark", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "tfovss_core.eval.benchmark", *args], env=env,
                           capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
 
 
@@ -424,13 +424,13 @@ def fo():
     fo = pytest.importorskip("fiftyone")
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    pytest.importorskip("plugin.evaluation")
+    pytest.importorskip("tfovss_fiftyone.evaluation")
     return fo
 
 
 @needs_data
 def test_fiftyone_benchmark_datasets_and_stored_runs(tmp_path, fo):
-    import plugin.benchmarks as pb
+    import tfovss_fiftyone.benchmarks as pb
 
     prefix = f"tfovss-test-{os.getpid()}"
     imps = {"voc21": get_importer("voc21", DATA), "ade20k": get_importer("ade20k", DATA)}

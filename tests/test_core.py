@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 import tfovss_core as tc
-from tfovss_core import model as model_mod
-from tfovss_core.backbone import TrunkRequest
-from tfovss_core.testing import tiny_clip, tiny_state_dict
+from tfovss_core.clip import loading as model_mod
+from tfovss_core.clip.backbone import TrunkRequest
+from tfovss_core.clip.synthetic import tiny_clip, tiny_state_dict
 from conftest import REPO_ROOT
 
 SAMPLES = REPO_ROOT / "samples"
@@ -207,7 +207,7 @@ def test_synonyms_take_the_max_and_thresholds_apply(tiny, image):
 
 
 def test_area_threshold_drops_small_foreground_classes():
-    from tfovss_core.postprocess import apply_area_threshold
+    from tfovss_core.ops.postprocess import apply_area_threshold
     probs = torch.zeros(3, 10, 10)
     probs[0] = 0.2
     probs[1, :, :9] = 0.9            # class 1 wins 90 pixels
@@ -218,7 +218,7 @@ def test_area_threshold_drops_small_foreground_classes():
 
 
 def test_mask_takes_the_first_class_on_ties_and_the_top_probability():
-    from tfovss_core.postprocess import probabilities_and_mask
+    from tfovss_core.ops.postprocess import probabilities_and_mask
     logits = torch.zeros(4, 3, 5)
     logits[2, 0] = 1.0
     logits[3, 0] = 1.0               # row 0: queries 2 and 3 tie -> the first (class 1 via synonyms)
@@ -235,7 +235,7 @@ def test_mask_takes_the_first_class_on_ties_and_the_top_probability():
 
 
 def test_pamr_keeps_constant_masks_and_smooths_towards_edges():
-    from tfovss_core.pamr import pamr
+    from tfovss_core.ops.pamr import pamr
     img = torch.zeros(1, 3, 20, 20)
     img[..., :, 10:] = 1.0
     const = torch.full((1, 2, 20, 20), 0.3)

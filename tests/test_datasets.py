@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfovss_core.datasets import DatasetLayoutError, get_importer, list_benchmarks
-from tfovss_core.datasets.coco import COCO_THING_IDS, OBJECT_LUT, STUFF171_LUT
-from tfovss_core.datasets.scenes import CITYSCAPES_ID_TO_TRAINID
-from tfovss_core.presets import get_preset
+from tfovss_core.eval.datasets import DatasetLayoutError, get_importer, list_benchmarks
+from tfovss_core.eval.datasets.coco import COCO_THING_IDS, OBJECT_LUT, STUFF171_LUT
+from tfovss_core.eval.datasets.scenes import CITYSCAPES_ID_TO_TRAINID
+from tfovss_core.spec.presets import get_preset
 
 from conftest import DATA
 

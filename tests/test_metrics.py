@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tfovss_core.metrics import SegmentationMetric, image_confusion, metrics_from_confusion
+from tfovss_core.eval.metrics import SegmentationMetric, image_confusion, metrics_from_confusion
 
 GT1 = np.array([[0, 0, 1],
                 [1, 255, 2]])

@@ -11,8 +11,8 @@ import torch
 
 import tfovss_core as tc
 from conftest import GOLDEN
-from tfovss_core import presets
-from tfovss_core.backbone import TrunkRequest
+from tfovss_core.spec import presets
+from tfovss_core.clip.backbone import TrunkRequest
 from tfovss_core.errors import ConfigError
 from tfovss_core.methods import create_method, describe_method, get_method_class, list_methods
 from tfovss_core.methods.base import Method, MethodInfo, WindowContext
@@ -21,7 +21,7 @@ from tfovss_core.methods.gclip import (channel_norm_outliers, emerging_blocks, s
 from tfovss_core.methods.lht import hoyer_sparsity, neighbour_fill, ssr_block
 from tfovss_core.methods.resclip import _straight_paths_stay, sfr_affinity, sfr_patch_labels
 from tfovss_core.methods.unveil import common_neighbour, density_connected, relation_attention
-from tfovss_core.testing import tiny_clip
+from tfovss_core.clip.synthetic import tiny_clip
 
 NEW_METHODS = ["resclip", "lht", "sclip+lht", "clearclip+lht", "resclip+lht", "naclip+lht", "gclip", "unveil"]
 COMPONENT_NAMES = ["clearclip+atr+ssr", "sclip+she", "naclip+ssr+she", "resclip+atr", "clearclip+ssr+atr+she"]

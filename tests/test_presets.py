@@ -1,4 +1,4 @@
-"""Dataset presets: class-name files and official per-method settings (tfovss_core.presets)."""
+"""Dataset presets: class-name files and official per-method settings (tfovss_core.spec.presets)."""
 from __future__ import annotations
 
 import json
@@ -13,8 +13,8 @@ from conftest import GOLDEN, REPO_ROOT
 if str(REPO_ROOT) not in sys.path:  # the package may not be installed in the test environment
     sys.path.insert(0, str(REPO_ROOT))
 
-from tfovss_core import presets  # noqa: E402
-from tfovss_core.presets import (  # noqa: E402
+from tfovss_core.spec import presets  # noqa: E402
+from tfovss_core.spec.presets import (  # noqa: E402
     DatasetPreset,
     get_preset,
     list_presets,
@@ -321,7 +321,7 @@ def test_no_heavy_imports():
 
 
 def test_lht_addons_switch_off_pamr_and_resclip_sfr():
-    from tfovss_core.presets import method_settings
+    from tfovss_core.spec.presets import method_settings
     assert method_settings("resclip", "voc21")["use_sfr"] is True
     lht = method_settings("resclip+lht", "voc21")
     assert lht["use_sfr"] is False and lht["pamr_steps"] == 0 and lht["paper_based"] is True

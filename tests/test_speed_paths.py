@@ -17,11 +17,11 @@ import pytest
 import torch
 
 import tfovss_core as tc
-from tfovss_core.backbone import TrunkRequest
-from tfovss_core.flops import auto_batch_size, count_flops, trunk_flops, window_bytes
+from tfovss_core.clip.backbone import TrunkRequest
+from tfovss_core.ops.flops import auto_batch_size, count_flops, trunk_flops, window_bytes
 from tfovss_core.methods import Method, MethodInfo
-from tfovss_core.multi import MultiSegmenter, SharedTrunk, fast_settings
-from tfovss_core.testing import tiny_clip
+from tfovss_core.engine.multi import MultiSegmenter, SharedTrunk, fast_settings
+from tfovss_core.clip.synthetic import tiny_clip
 
 SIX = ["clip", "maskclip", "sclip", "clearclip", "naclip", "scclip"]
 CLASSES = ["cat", ["dog", "puppy"], "car"]
@@ -158,7 +158,7 @@ def test_fused_block_loop_equals_open_clip_blocks(quick_gelu):
 
 def test_lof_distances_match_the_official_difference_norm():
     """SC-CLIP's LOF: float64 Gram distances == the official ``norm(x_i - x_j) ** 2`` (float32)."""
-    from tfovss_core.methods.scclip import _squared_distances, lof_outliers
+    from tfovss_core.ops.outliers import lof_outliers, squared_distances as _squared_distances
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 196, 768, generator=g)
     x[:, [7, 50, 120]] *= 6.0                                  # planted outliers

@@ -216,7 +216,7 @@ def test_app_prelabel_field_and_panel(fo, playwright_sync, app_server, app_datas
         shot(page, "04-new-field.png")
 
         # -- evaluate (Python side), then the panel shows the run ---------------------------
-        from plugin.evaluation import run_evaluation
+        from tfovss_fiftyone.evaluation import run_evaluation
         run_evaluation(ds, "ovss_app", "ground_truth", "eval_app")
         # a second run to compare with: the ground truth shifted by 12 px (a stand-in for
         # a better method; the tiny synthetic CLIP's masks score ~0)

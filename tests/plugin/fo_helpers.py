@@ -72,7 +72,7 @@ VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
 
 def tiny_clip_available() -> bool:
     try:
-        from tfovss_core.testing import tiny_clip  # noqa: F401
+        from tfovss_core.clip.synthetic import tiny_clip  # noqa: F401
         import tfovss_core
 
         return hasattr(tfovss_core, "Segmenter")

@@ -52,7 +52,7 @@ def masks(ds, field):
 
 
 def tiny_model():
-    from plugin.model import get_clip
+    from tfovss_fiftyone.model import get_clip
 
     return get_clip("ViT-B-16", "tiny:seed0", "cpu")
 
@@ -82,7 +82,7 @@ def snapshot(ds, out_dir):
 # --- prelabel_many ------------------------------------------------------------------------------
 
 def test_shared_pass_writes_exactly_what_each_method_alone_writes(fo, small_ds, tmp_path):
-    from plugin.prelabel import prelabel, prelabel_many, prelabel_run_info
+    from tfovss_fiftyone.prelabel import prelabel, prelabel_many, prelabel_run_info
 
     many = prelabel_many(small_ds, {m: f"many_{m}" for m in METHODS},
                          **run_kwargs(tmp_path / "many"))
@@ -111,7 +111,7 @@ def test_shared_pass_writes_exactly_what_each_method_alone_writes(fo, small_ds, 
 
 
 def test_the_frozen_trunk_runs_once_per_batch_of_windows(fo, small_ds, tmp_path, trunk_calls):
-    from plugin.prelabel import prelabel, prelabel_many
+    from tfovss_fiftyone.prelabel import prelabel, prelabel_many
 
     kw = run_kwargs(tmp_path, batch_size=1)  # one window per forward pass: several per image
     prelabel(small_ds, "one", method="sclip", **kw)
@@ -126,7 +126,7 @@ def test_the_frozen_trunk_runs_once_per_batch_of_windows(fo, small_ds, tmp_path,
 
 
 def test_existing_field_is_not_overwritten_unless_asked(fo, small_ds, tmp_path, trunk_calls):
-    from plugin.prelabel import PrelabelInputError, prelabel, prelabel_many
+    from tfovss_fiftyone.prelabel import PrelabelInputError, prelabel, prelabel_many
 
     out = tmp_path / "masks"
     first = prelabel(small_ds, "ovss_sclip", method="sclip",
@@ -175,7 +175,7 @@ def test_existing_field_is_not_overwritten_unless_asked(fo, small_ds, tmp_path, 
 
 def test_a_failed_sample_is_listed_for_every_method_and_the_rest_goes_on(fo, small_ds,
                                                                          tmp_path):
-    from plugin.prelabel import prelabel_many
+    from tfovss_fiftyone.prelabel import prelabel_many
 
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
@@ -196,7 +196,7 @@ def test_a_failed_sample_is_listed_for_every_method_and_the_rest_goes_on(fo, sma
 def test_bad_method_list_touches_nothing(fo, small_ds, tmp_path):
     import tfovss_core as tc
 
-    from plugin.prelabel import PrelabelInputError, prelabel_many
+    from tfovss_fiftyone.prelabel import PrelabelInputError, prelabel_many
 
     before = snapshot(small_ds, tmp_path)
     with pytest.raises(PrelabelInputError, match="no methods"):
@@ -222,8 +222,8 @@ def op_params(out_dir, **kw):
 def test_compare_operator_prelabels_and_evaluates_each_method(fo, foo, small_ds, tmp_path):
     from fiftyone.operators.executor import ExecutionError
 
-    from plugin.evaluation import run_evaluation
-    from plugin.panels import _run_rows
+    from tfovss_fiftyone.evaluation import run_evaluation
+    from tfovss_fiftyone.panels import _run_rows
 
     r = foo.execute_operator(URI_COMPARE, ctx={"dataset": small_ds,
                                                "params": op_params(tmp_path)})

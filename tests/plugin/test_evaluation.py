@@ -88,7 +88,7 @@ def test_plugin_registers_without_errors(foo):
 
 
 def test_voc_miou_matches_numpy_and_is_stored(fo, voc_ds):
-    from plugin.evaluation import OVSSEvaluationResults, run_evaluation
+    from tfovss_fiftyone.evaluation import OVSSEvaluationResults, run_evaluation
 
     preds, gts = add_predictions(fo, voc_ds, [0, 1, 15, 8])
     res = run_evaluation(voc_ds, "pred", "ground_truth", "ev")
@@ -118,7 +118,7 @@ def test_voc_miou_matches_numpy_and_is_stored(fo, voc_ds):
 
 
 def test_ade_ignore_background_equals_reduce_zero_label(fo, ade_ds):
-    from plugin.evaluation import run_evaluation
+    from tfovss_fiftyone.evaluation import run_evaluation
 
     preds, gts = add_predictions(fo, ade_ds, [1, 2, 3, 4, 5, 13])
     res = run_evaluation(ade_ds, "pred", "ground_truth", "ade_ev", background="ignore")
@@ -130,7 +130,7 @@ def test_ade_ignore_background_equals_reduce_zero_label(fo, ade_ds):
 
 def test_coco_prediction_mapped_by_name(fo, coco_ds):
     """A prediction field with its own (permuted) value order is scored by class name."""
-    from plugin.evaluation import run_evaluation
+    from tfovss_fiftyone.evaluation import run_evaluation
 
     targets = dict(coco_ds.mask_targets["ground_truth"])
     values = sorted(targets)
@@ -147,7 +147,7 @@ def test_coco_prediction_mapped_by_name(fo, coco_ds):
 
 
 def test_classes_subset_and_unknown_class(fo, voc_ds):
-    from plugin.evaluation import EvaluationInputError, run_evaluation
+    from tfovss_fiftyone.evaluation import EvaluationInputError, run_evaluation
 
     preds, gts = add_predictions(fo, voc_ds, [0, 1, 15])
     res = run_evaluation(voc_ds, "pred", "ground_truth", None,
@@ -184,7 +184,7 @@ def test_bad_input_is_rejected_and_nothing_touched(fo, foo, voc_ds):
             run(**params)
         assert _snapshot(voc_ds) == before
     # the same checks with explicit messages from the Python API
-    from plugin.evaluation import EvaluationInputError, run_evaluation
+    from tfovss_fiftyone.evaluation import EvaluationInputError, run_evaluation
     for gt, msg in (("nope", "'nope' does not exist"), ("dets", "holds Detections, not "
                                                                  "Segmentation")):
         with pytest.raises(EvaluationInputError, match=msg):
@@ -203,7 +203,7 @@ def test_bad_input_is_rejected_and_nothing_touched(fo, foo, voc_ds):
 
 
 def test_evaluate_operator_immediate_and_delegated(fo, foo, voc_ds):
-    from plugin.evaluation import run_evaluation
+    from tfovss_fiftyone.evaluation import run_evaluation
 
     preds, gts = add_predictions(fo, voc_ds, [0, 1, 15, 8])
     ref = reference_miou(zip(preds, gts), 21)
@@ -239,7 +239,7 @@ def test_selected_samples_target(fo, foo, voc_ds):
 
 
 def test_panel_lists_runs_and_compares(fo, foo, voc_ds):
-    from plugin.evaluation import run_evaluation
+    from tfovss_fiftyone.evaluation import run_evaluation
 
     add_predictions(fo, voc_ds, [0, 1, 15], field="pred")
     add_predictions(fo, voc_ds, [0, 15], field="pred2")

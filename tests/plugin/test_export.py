@@ -38,7 +38,7 @@ def expected(mask, targets, include_background=False):
 
 @pytest.mark.parametrize("encoding", ["rle", "polygon"])
 def test_coco_gt_export_roundtrips_pixel_exact(fo, coco_ds, tmp_path, encoding):
-    from plugin.export import export_coco_masks
+    from tfovss_fiftyone.export import export_coco_masks
 
     out = tmp_path / f"{encoding}.json"
     summary = export_coco_masks(coco_ds, "ground_truth", str(out), encoding=encoding)
@@ -76,7 +76,7 @@ def test_coco_gt_export_roundtrips_pixel_exact(fo, coco_ds, tmp_path, encoding):
 
 def test_components_split_and_fiftyone_reimport(fo, voc_ds, tmp_path):
     """Connected regions as separate annotations; FiftyOne's COCO importer reads it back."""
-    from plugin.export import export_coco_masks
+    from tfovss_fiftyone.export import export_coco_masks
 
     out = tmp_path / "voc.json"
     export_coco_masks(voc_ds, "ground_truth", str(out), split="component")
@@ -139,7 +139,7 @@ def test_export_operator_immediate_and_delegated(fo, foo, ade_ds, tmp_path):
 def test_export_bad_input_touches_nothing(fo, foo, voc_ds, tmp_path):
     from fiftyone.operators.executor import ExecutionError
 
-    from plugin.export import ExportInputError, export_coco_masks
+    from tfovss_fiftyone.export import ExportInputError, export_coco_masks
 
     existing = tmp_path / "exists.json"
     existing.write_text("keep me")

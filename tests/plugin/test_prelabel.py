@@ -101,7 +101,7 @@ def test_prelabel_delegated_from_mask_targets_then_evaluate(fo, foo, coco_ds, tm
     run_delegated(foo, URI_PRELABEL, coco_ds, p, "pre")
     assert coco_ds.mask_targets["pre"] == coco_ds.mask_targets["ground_truth"]
     assert len(coco_ds.exists("pre")) == len(coco_ds)
-    from plugin.evaluation import run_evaluation
+    from tfovss_fiftyone.evaluation import run_evaluation
     res = run_evaluation(coco_ds, "pre", "ground_truth", "ev_pre")
     assert 0 <= res.mIoU <= 1
     cfg = coco_ds.get_evaluation_info("ev_pre").config
@@ -157,7 +157,7 @@ def test_bad_input_touches_nothing(fo, foo, voc_ds, tmp_path):
 
 
 def test_model_apply_model(fo, voc_ds, tmp_path):
-    from plugin.model import load_ovss_model
+    from tfovss_fiftyone.model import load_ovss_model
 
     model = load_ovss_model(method="sclip", pretrained="tiny:seed0",
                             classes={0: "background", 15: "person", 1: "aeroplane"}, **FAST)
@@ -179,5 +179,5 @@ def test_model_apply_model(fo, voc_ds, tmp_path):
     ds_mt["am"] = {0: "background", 1: "aeroplane", 15: "person"}
     voc_ds.mask_targets = ds_mt
     voc_ds.save()
-    from plugin.evaluation import run_evaluation
+    from tfovss_fiftyone.evaluation import run_evaluation
     assert 0 <= run_evaluation(voc_ds, "am", "ground_truth", None).mIoU <= 1

@@ -9,8 +9,8 @@ import importlib
 import pkgutil
 from typing import Callable
 
-from ..errors import ConfigError
-from .base import LastBlockMethod, Method, MethodInfo, option
+from tfovss_core.errors import ConfigError
+from tfovss_core.methods.base import LastBlockMethod, Method, MethodInfo, option
 
 _METHODS: dict[str, type[Method]] = {}
 _ADDONS: dict[str, Callable] = {}

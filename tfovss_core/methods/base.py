@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..backbone import Trunk, TrunkRequest, VisionBackbone
-from ..errors import ConfigError
+from tfovss_core.clip.backbone import Trunk, TrunkRequest, VisionBackbone
+from tfovss_core.errors import ConfigError
 
 
 def option(default: Any, doc: str, *, source: str = "authors", choices: tuple | None = None) -> Any:
@@ -22,7 +22,7 @@ def option(default: Any, doc: str, *, source: str = "authors", choices: tuple | 
 
     ``source`` says where the default comes from: ``"authors"`` (the official code or paper),
     ``"ours"`` (our reading where the authors give nothing), ``"backbone"`` (looked up per
-    backbone in :mod:`tfovss_core.backbones` when left at ``None``).
+    backbone in :mod:`tfovss_core.clip.profiles` when left at ``None``).
     """
     meta = {"doc": doc, "source": source}
     if choices is not None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import LastBlockMethod, MethodInfo, option, register_method
-from .clip import CLEARCLIP_PROTOCOL
+from tfovss_core.methods import LastBlockMethod, MethodInfo, option, register_method
+from tfovss_core.methods.clip import CLEARCLIP_PROTOCOL
 
 
 @register_method

@@ -12,7 +12,7 @@ block (q-q attention, no residual, no FFN):
 
 Both are detected from the model itself: the emerging blocks from attention-mass statistics of
 the window being segmented, the abnormal channels from weight-norm statistics; the per-backbone
-defaults of :mod:`tfovss_core.backbones` are the fallback.
+defaults of :mod:`tfovss_core.clip.profiles` are the fallback.
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import Method, MethodInfo, option, register_method
-from ..backbone import Trunk, TrunkRequest
-from ..errors import ConfigError
-from .clip import CLEARCLIP_PROTOCOL
+from tfovss_core.methods import Method, MethodInfo, option, register_method
+from tfovss_core.clip.backbone import Trunk, TrunkRequest
+from tfovss_core.errors import ConfigError
+from tfovss_core.methods.clip import CLEARCLIP_PROTOCOL
 
 
 # ----------------------------------------------------------------------------------- detectors

@@ -27,11 +27,12 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from . import MethodInfo, option, register_addon, register_method
-from ..backbone import Trunk, TrunkRequest
-from ..errors import ConfigError
-from .scclip import _cosine, _row_normalised, replace_with_neighbour_mean
-from .sclip import SCLIP
+from tfovss_core.methods import MethodInfo, option, register_addon, register_method
+from tfovss_core.clip.backbone import Trunk, TrunkRequest
+from tfovss_core.errors import ConfigError
+from tfovss_core.ops.outliers import replace_with_neighbour_mean
+from tfovss_core.ops.similarity import cosine_similarity, row_normalised
+from tfovss_core.methods.sclip import SCLIP
 
 COMPONENTS = ("ssr", "atr", "she")
 HOSTS = ("sclip", "clearclip", "resclip", "naclip")
@@ -196,7 +197,7 @@ class _LHTMixin:
                 updates[name] = constants[name]
         heads = o.she_heads
         if heads is None and o.profile:
-            from ..analysis import load_profile
+            from tfovss_core.clip.calibration import load_profile
             heads = load_profile(o.profile, backbone=bb).get("lht", {}).get("she_heads")
             if not heads:
                 raise ConfigError(f"{self.name}: profile {o.profile!r} has no LHT head list")
@@ -257,11 +258,11 @@ class _LHTMixin:
                                          o.atr_sigma).view(b, h, n, c)
             s = contrib.sum(dim=1)
             total = s if total is None else total + s
-        similarity = _cosine(total / len(o.she_heads))
+        similarity = cosine_similarity(total / len(o.she_heads))
         kept = torch.where(similarity < o.she_beta, 0.0, similarity)
         if o.she_norm == "column":
-            return _row_normalised(kept.transpose(-1, -2)).transpose(-1, -2)
-        return _row_normalised(kept)
+            return row_normalised(kept.transpose(-1, -2)).transpose(-1, -2)
+        return row_normalised(kept)
 
     def features(self, trunk: Trunk, context=None) -> torch.Tensor:
         bb, o = self.backbone, self.options

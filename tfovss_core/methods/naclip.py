@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import LastBlockMethod, MethodInfo, option, register_method
+from tfovss_core.methods import LastBlockMethod, MethodInfo, option, register_method
 
 NACLIP_PROTOCOL = dict(short_side=336, crop=224, stride=112, logit_scale=40.0,
                        pamr_steps=10, pamr_dilations=(8, 16))

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import Method, MethodInfo, option, register_method
-from ..backbone import Trunk, TrunkRequest
-from ..errors import ConfigError
-from ..pamr import pamr
-from .base import WindowContext
-from .naclip import gaussian_attention_bias
+from tfovss_core.methods import Method, MethodInfo, option, register_method
+from tfovss_core.clip.backbone import Trunk, TrunkRequest
+from tfovss_core.errors import ConfigError
+from tfovss_core.ops.pamr import pamr
+from tfovss_core.methods.base import WindowContext
+from tfovss_core.methods.naclip import gaussian_attention_bias
 
 # ResCLIPSegmentation's constructor defaults (slide 224 / 112, logit scale 40, final PAMR off).
 RESCLIP_PROTOCOL = dict(short_side=336, crop=224, stride=112, logit_scale=40.0, pamr_steps=0)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import LastBlockMethod, MethodInfo, option, register_method
+from tfovss_core.methods import LastBlockMethod, MethodInfo, option, register_method
 
 SCLIP_PROTOCOL = dict(short_side=336, crop=224, stride=112, logit_scale=40.0)
 

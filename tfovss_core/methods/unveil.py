@@ -19,10 +19,10 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from . import Method, MethodInfo, option, register_method
-from ..backbone import Trunk, TrunkRequest
-from ..errors import ConfigError
-from .sclip import SCLIP_PROTOCOL
+from tfovss_core.methods import Method, MethodInfo, option, register_method
+from tfovss_core.clip.backbone import Trunk, TrunkRequest
+from tfovss_core.errors import ConfigError
+from tfovss_core.methods.sclip import SCLIP_PROTOCOL
 
 
 def neighbourhoods(features: torch.Tensor, eps: float) -> torch.Tensor:
@@ -134,7 +134,7 @@ class Unveil(Method):
     def resolve_backbone_options(self) -> None:
         o = self.options
         if o.coherence_layer_idx is None and o.profile:
-            from ..analysis import load_profile
+            from tfovss_core.clip.calibration import load_profile
             layer = load_profile(o.profile, backbone=self.backbone).get("unveil", {}).get("coherence_layer_idx")
             if layer is None:
                 raise ConfigError(f"unveil: profile {o.profile!r} has no coherence layer")

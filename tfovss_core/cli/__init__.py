@@ -1,0 +1,184 @@
+"""Command line: ``tfovss segment | methods | presets | benchmark``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def parse_classes(text: str):
+    """A preset name, a class file, or inline ``"cat; dog; person, man"`` (``;`` between classes,
+    ``,`` between synonyms)."""
+    from tfovss_core.spec import presets
+    from tfovss_core.clip.text import parse_class_text
+    if text in presets.list_presets() or Path(text).is_file():
+        return text
+    return parse_class_text(text)
+
+
+def expand_images(paths: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
+def cmd_segment(args) -> int:
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from tfovss_core.engine.segmenter import Segmenter
+    from tfovss_core.spec.settings import parse_sets
+    from tfovss_core.errors import TfovssError, WeightsError
+    from tfovss_core.io.images import load_image
+    from tfovss_core.export.overlay import overlay, save_index_mask
+    from tfovss_core.clip.weights import SYNTHETIC_BANNER, is_synthetic_spec, resolve_weights
+
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    try:
+        weights = resolve_weights(args.arch, args.pretrained, args.synthetic_weights_script)
+        model = weights.load(args.device)
+    except WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if not is_synthetic_spec(args.pretrained) and not Path(args.pretrained).exists():
+            print("hint: without network access, `--pretrained random:0` runs the pipeline end to end on "
+                  "random weights (outputs are labelled as synthetic).", file=sys.stderr)
+        return 2
+    synthetic = weights.synthetic
+    try:
+        seg = Segmenter(model, method=args.method, classes=parse_classes(args.classes), **parse_sets(args.set))
+    except TfovssError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = expand_images(args.images)
+    if not images:
+        print("error: no images given", file=sys.stderr)
+        return 2
+    if synthetic:
+        print(f"NOTE: {SYNTHETIC_BANNER}", file=sys.stderr)
+    t0 = time.time()
+    text = seg.text_features  # encoded (or loaded from the cache) once, before the progress bar
+    del text
+    failures: list[tuple[str, str]] = []
+    written: list[dict] = []
+    stems: set[str] = set()
+    for path in tqdm(images, desc=f"{seg.method.name}", unit="img", disable=args.quiet):
+        stem = path.stem if path.stem not in stems else f"{path.stem}_{len(stems)}"
+        stems.add(stem)
+        mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.jpg"
+        if not args.overwrite and (mask_path.exists() or overlay_path.exists()):
+            failures.append((str(path), f"output {mask_path.name} exists (use --overwrite to replace it)"))
+            continue
+        try:
+            rgb = load_image(path)
+            res = seg.predict(rgb, name=str(path))
+        except TfovssError as exc:
+            failures.append((str(path), str(exc)))
+            continue
+        save_index_mask(res.mask, mask_path, seg.num_classes)
+        overlay(rgb, res.mask, res.class_names, banner=SYNTHETIC_BANNER if synthetic else None).save(overlay_path, quality=90)
+        present = {int(c): int(n) for c, n in zip(*np.unique(res.mask, return_counts=True))}
+        written.append({"image": str(path), "mask": mask_path.name, "overlay": overlay_path.name,
+                        "classes_present": {res.class_names[c]: n for c, n in present.items()}})
+    run = {"tool": "tfovss segment", "synthetic_weights": synthetic, **seg.describe(),
+           "images": written, "failures": [{"image": i, "error": e} for i, e in failures],
+           "seconds": round(time.time() - t0, 2)}
+    if synthetic:
+        run["warning"] = SYNTHETIC_BANNER
+    (out / "run.json").write_text(json.dumps(run, indent=2))
+    print(f"wrote {len(written)} mask(s) and overlay(s) to {out} ({run['seconds']} s); settings in {out / 'run.json'}")
+    if failures:
+        print(f"{len(failures)} image(s) failed:", file=sys.stderr)
+        for image, error in failures:
+            print(f"  {image}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from tfovss_core.methods import describe_method, list_methods
+    names = [args.name] if args.name else list_methods(include_composed=True)
+    infos = [describe_method(n) for n in names]
+    if args.json:
+        print(json.dumps(infos, indent=2, default=str))
+        return 0
+    for info in infos:
+        flag = "  [paper-based: no public code]" if info["paper_based"] else ""
+        print(f"{info['name']:<22} {info['title']}{flag}")
+        if args.name or args.verbose:
+            print(f"    paper: {info['paper']}\n    code:  {info['official_code'] or '-'}\n    {info['summary']}")
+            for opt in info["options"]:
+                print(f"    --set {opt['name']}={json.dumps(opt['default'])}  ({opt['type']}; {opt['source']}) {opt['doc']}")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from tfovss_core.spec import presets
+    for name in presets.list_presets():
+        p = presets.get_preset(name)
+        print(f"{name:<12} {p.num_classes:>4} classes  ignore={p.ignore_index}  "
+              f"background={'yes' if p.has_background else 'no'}  {p.display_name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfovss", description="Training-free open-vocabulary semantic segmentation")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("segment", help="segment images with a method and a vocabulary")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--classes", required=True,
+                   help="preset name (voc21, ade20k, ...), class file, or inline 'cat; dog; person, man'")
+    p.add_argument("--method", default="sclip", help="method name (see `tfovss methods`)")
+    p.add_argument("--arch", default="ViT-B-16", help="open_clip architecture, e.g. ViT-B-16, ViT-L-14")
+    p.add_argument("--pretrained", default="openai",
+                   help="open_clip tag (openai, laion2b_s34b_b88k, ...), a local checkpoint path; or synthetic "
+                        "weights (outputs labelled): 'random:SEED' (random init of --arch), 'tiny:SEED', "
+                        "'synthetic:SEED' (with --synthetic-weights-script)")
+    p.add_argument("--synthetic-weights-script", default=None,
+                   help="a make_weights.py for --pretrained synthetic:SEED (or $TFOVSS_SYNTHETIC_WEIGHTS)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="driver setting or method option, e.g. --set prob_thd=0.3 --set crop=0")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("methods", help="list methods and their options")
+    p.add_argument("name", nargs="?", help="show one method in detail")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("presets", help="list dataset presets")
+    p.set_defaults(func=cmd_presets)
+
+    try:
+        from tfovss_core.cli import benchmark
+    except ImportError:
+        benchmark = None
+    if benchmark is not None and hasattr(benchmark, "add_parser"):
+        benchmark.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

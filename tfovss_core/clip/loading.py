@@ -1,0 +1,279 @@
+"""Loading CLIP weights through open_clip: pretrained tags, local files, in-memory state dicts.
+
+``load_clip`` is the one entry point. It never touches the network for a local file or a state
+dict; for a pretrained tag it lets open_clip download and cache the weights exactly as it does for
+any user, and turns a failed download into an error that says how to fix it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from tfovss_core.clip.openclip import open_clip
+from tfovss_core.clip.backbone import VisionBackbone
+from tfovss_core.errors import WeightsError
+from tfovss_core.clip.text import TextEncoder
+
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def canonical_arch(arch: str) -> str:
+    """open_clip model names: ``ViT-B/16`` -> ``ViT-B-16`` (OpenAI spelling accepted)."""
+    arch = arch.strip().replace("/", "-")
+    if arch.endswith("@336px"):
+        arch = arch[: -len("@336px")] + "-336"
+    return arch.replace("-336px", "-336")
+
+
+def _base_arch(arch: str) -> str:
+    return arch[: -len("-quickgelu")] if arch.endswith("-quickgelu") else arch
+
+
+class ClipModel:
+    """A loaded CLIP: the open_clip module, its dense vision backbone and its text encoder."""
+
+    def __init__(self, model: torch.nn.Module, arch: str, pretrained_label: str, device: torch.device,
+                 *, text_cache_dir=None, use_text_cache: bool = True):
+        model = model.float().eval().requires_grad_(False).to(device)
+        self.model = model
+        self.arch = arch
+        self.pretrained = pretrained_label
+        self.device = device
+        self.visual = VisionBackbone(model.visual)
+        self.tokenizer = open_clip.get_tokenizer(_base_arch(arch)) if _has_config(arch) \
+            else open_clip.tokenizer.tokenize
+        self.text_digest = _digest_modules(model, exclude_prefix="visual.")
+        self.text = TextEncoder(model, self.tokenizer, self.text_digest, cache_dir=text_cache_dir,
+                                use_cache=use_text_cache)
+        self._weights_digest: str | None = None
+
+    @property
+    def weights_digest(self) -> str:
+        """sha256 over every parameter (computed once, on first use)."""
+        if self._weights_digest is None:
+            self._weights_digest = _digest_modules(self.model)
+        return self._weights_digest
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.visual.proj.shape[1]
+
+    def describe(self) -> dict:
+        return {"arch": self.arch, "pretrained": self.pretrained, "device": str(self.device),
+                "vision_depth": self.visual.depth, "vision_width": self.visual.width,
+                "patch_size": self.visual.patch, "backbone_profile": self.visual.profile.name,
+                "text_digest": self.text_digest[:16]}
+
+    def __repr__(self) -> str:
+        return f"ClipModel({self.arch!r}, pretrained={self.pretrained!r}, device={str(self.device)!r})"
+
+
+def _has_config(arch: str) -> bool:
+    return open_clip.get_model_config(arch) is not None
+
+
+def _digest_modules(model: torch.nn.Module, exclude_prefix: str | None = None) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if exclude_prefix and name.startswith(exclude_prefix):
+            continue
+        h.update(name.encode())
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()
+
+
+def resolve_device(device=None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise WeightsError(f"device {str(device)!r} was requested but no CUDA GPU is available; "
+                           "use device='cpu' (or leave it unset to pick automatically)")
+    return device
+
+
+def load_clip(arch: str, pretrained=None, device=None, *, quick_gelu: bool | None = None,
+              cache_dir: str | None = None, text_cache_dir=None, use_text_cache: bool = True) -> ClipModel:
+    """Loads a CLIP ViT through open_clip.
+
+    ``pretrained`` is one of:
+
+    * an open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b88k"``, ``"metaclip_400m"``, ...):
+      open_clip downloads it once into its cache (``cache_dir``);
+    * a local file: an open_clip checkpoint (``.pt``/``.bin``/``.safetensors``, optionally under a
+      ``state_dict`` key with ``module.`` prefixes), an OpenAI-format state dict, or OpenAI's
+      TorchScript archive. Never touches the network;
+    * an OpenAI-format state dict in memory (the format of OpenAI's ``clip`` package and of the
+      synthetic test weights), built with open_clip's OpenAI builder;
+    * ``None``: random initialisation (tests and timing only).
+
+    OpenAI-format weights are rounded to float16 on load, exactly as OpenAI's loader and open_clip's
+    builder do, then computed in float32. ``quick_gelu`` forces the activation; by default it
+    follows the tag (OpenAI, MetaCLIP and DFN weights are QuickGELU), the ``-quickgelu`` model name,
+    or True for OpenAI-format weights. Loading a QuickGELU checkpoint into a GELU model gives wrong
+    features silently, so for an open_clip-format local file of QuickGELU weights pass
+    ``quick_gelu=True`` or use the ``-quickgelu`` name.
+    """
+    arch = canonical_arch(arch)
+    dev = resolve_device(device)
+    label: str
+    if isinstance(pretrained, Mapping):
+        model = _from_openai_state_dict(dict(pretrained), arch, quick_gelu, source="state dict")
+        label = "state-dict"
+    elif pretrained is None or pretrained == "":
+        model = _create(arch, None, quick_gelu)
+        label = "random-init"
+    elif isinstance(pretrained, (str, os.PathLike)) and (os.path.sep in str(pretrained)
+                                                         or Path(pretrained).exists()):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"weights file {str(path)!r} does not exist")
+        model = _from_file(path, arch, quick_gelu)
+        label = f"file:{path.name}"
+    elif isinstance(pretrained, str):
+        model = _from_tag(arch, pretrained, quick_gelu, cache_dir)
+        label = pretrained
+    else:
+        raise WeightsError(f"pretrained must be a tag, a file path or a state dict, got {type(pretrained).__name__}")
+    return ClipModel(model, arch, label, dev, text_cache_dir=text_cache_dir, use_text_cache=use_text_cache)
+
+
+def _create(arch: str, pretrained, quick_gelu, **kwargs):
+    if not _has_config(arch):
+        known = [m for m in open_clip.list_models() if m.startswith("ViT")]
+        raise WeightsError(f"unknown architecture {arch!r}; open_clip ViTs: {', '.join(known[:30])} ...")
+    extra = {} if quick_gelu is None else {"force_quick_gelu": bool(quick_gelu)}
+    return open_clip.create_model(arch, pretrained=pretrained, **extra, **kwargs)
+
+
+def _from_tag(arch: str, tag: str, quick_gelu, cache_dir):
+    base = _base_arch(arch)
+    tags = open_clip.list_pretrained_tags_by_model(base) + open_clip.list_pretrained_tags_by_model(base + "-quickgelu")
+    if tag not in tags:
+        raise WeightsError(f"{tag!r} is not a pretrained tag of {arch} (known: {', '.join(sorted(set(tags))) or 'none'}); "
+                           "for a local file pass its path")
+    if quick_gelu is None:
+        cfg = open_clip.get_pretrained_cfg(base, tag) or open_clip.get_pretrained_cfg(base + "-quickgelu", tag)
+        quick_gelu = bool(cfg.get("quick_gelu", False)) if cfg else None
+    try:
+        return _create(arch, tag, quick_gelu, cache_dir=cache_dir)
+    except WeightsError:
+        raise
+    except Exception as exc:  # download failures surface as RuntimeError/OSError/HTTP errors
+        raise WeightsError(
+            f"could not obtain the pretrained weights {arch} / {tag!r}: {exc}. "
+            "open_clip downloads them on first use and caches them; this machine could not download "
+            "them (no network?). Fix: run once with network access to fill the cache "
+            f"({cache_dir or 'open_clip default cache'}), or download the checkpoint elsewhere and pass its "
+            "local path: load_clip(arch, '/path/to/checkpoint') / --pretrained /path/to/checkpoint. "
+            "To try the pipeline without real weights use the synthetic test weights (see README).") from exc
+
+
+def _looks_like_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or n.endswith("/code/__torch__.py") or "/code/" in n
+                   for n in zf.namelist())
+
+
+def _from_file(path: Path, arch: str, quick_gelu):
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        elif _looks_like_torchscript(path):
+            with open(path, "rb") as f:
+                jit = torch.jit.load(io.BytesIO(f.read()), map_location="cpu")
+            sd = {k: v for k, v in jit.state_dict().items()}
+            return _from_openai_state_dict(sd, arch, quick_gelu, source=str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except WeightsError:
+        raise
+    except Exception as exc:
+        raise WeightsError(f"cannot read weights file {str(path)!r}: {exc}") from exc
+    if not isinstance(sd, Mapping):
+        raise WeightsError(f"{str(path)!r} does not hold a state dict")
+    sd = _unwrap(sd)
+    is_openai = any(k in sd for k in _OPENAI_EXTRA_KEYS) or any(
+        isinstance(v, torch.Tensor) and v.dtype == torch.float16 for v in sd.values())
+    if is_openai:
+        return _from_openai_state_dict(sd, arch, quick_gelu, source=str(path))
+    model = _create(arch, None, quick_gelu)
+    _check_fits(model, sd, arch, str(path))
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def _unwrap(sd: Mapping) -> dict:
+    """Training checkpoints: ``{"state_dict": {...}}`` and DataParallel ``module.`` prefixes."""
+    if "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+def _from_openai_state_dict(sd: dict, arch: str, quick_gelu, source: str):
+    sd = _unwrap(sd)
+    if "visual.proj" not in sd:
+        raise WeightsError(f"{source}: not a CLIP ViT state dict (no 'visual.proj'; ResNet CLIPs are not supported)")
+    for key in _OPENAI_EXTRA_KEYS:
+        sd.pop(key, None)
+    qg = True if quick_gelu is None else bool(quick_gelu)
+    if quick_gelu is None and _has_config(arch) and not arch.endswith("-quickgelu"):
+        warnings.warn(f"{source}: OpenAI-format weights are built with QuickGELU (as OpenAI trained "
+                      f"them) although {arch!r} names a GELU config; pass quick_gelu=False to override",
+                      stacklevel=3)
+    try:
+        model = open_clip.model.build_model_from_openai_state_dict(sd, quick_gelu=qg)
+    except Exception as exc:
+        raise WeightsError(f"{source}: cannot build a CLIP from this state dict: {exc}") from exc
+    if _has_config(arch):
+        _check_arch(model, arch, source)
+    return model.float()
+
+
+def _check_arch(model, arch: str, source: str) -> None:
+    """The OpenAI builder infers the shape from the weights; they must be those of ``arch``."""
+    cfg = open_clip.get_model_config(arch)
+    vcfg, tcfg = cfg["vision_cfg"], cfg["text_cfg"]
+    v = model.visual
+    patch = v.patch_size[0] if isinstance(v.patch_size, (tuple, list)) else v.patch_size
+    image = v.image_size[0] if isinstance(v.image_size, (tuple, list)) else v.image_size
+    found = {"vision layers": len(v.transformer.resblocks), "vision width": v.transformer.width,
+             "patch size": patch, "image size": image, "embed dim": model.text_projection.shape[1],
+             "text width": model.transformer.width}
+    want = {"vision layers": vcfg["layers"], "vision width": vcfg["width"],
+            "patch size": vcfg["patch_size"], "image size": vcfg["image_size"],
+            "embed dim": cfg["embed_dim"], "text width": tcfg["width"]}
+    wrong = [f"{k}: weights {found[k]} vs {arch} {want[k]}" for k in want if found[k] != want[k]]
+    if wrong:
+        raise WeightsError(f"checkpoint {source} does not fit architecture {arch}: " + "; ".join(wrong)
+                           + ". Pick the architecture the checkpoint was trained with.")
+
+
+def _check_fits(model: torch.nn.Module, sd: Mapping, arch: str, source: str) -> None:
+    """A clear error when a checkpoint does not fit the architecture (instead of a key dump)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd and not k.endswith("attn_mask")]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [f"{k}: file {tuple(sd[k].shape)} vs {arch} {tuple(v.shape)}"
+             for k, v in expected.items() if k in sd and hasattr(sd[k], "shape") and tuple(sd[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} tensors of the wrong shape (e.g. {wrong[0]})")
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise WeightsError(f"checkpoint {source} does not fit architecture {arch}: " + "; ".join(parts)
+                           + ". Pick the architecture the checkpoint was trained with.")

@@ -1,0 +1,295 @@
+"""Several methods on the same images with one frozen trunk: :class:`MultiSegmenter` and :func:`compare`.
+
+Every method here changes only the last block(s) of the same CLIP, so when methods see the same
+windows the frozen blocks are the same computation. A :class:`MultiSegmenter` builds one ordinary
+:class:`~tfovss_core.Segmenter` per method (same settings resolution, presets and defaults as a
+single-method run), groups those whose windows coincide (same resize, crop, stride, padding and
+batch size, and no weight edits), and per batch of windows runs the frozen blocks once, for the
+union of the group's :class:`~tfovss_core.clip.backbone.TrunkRequest` s; each method then adds only its
+own last-block work on those shared outputs. A method with weight edits (GCLIP-style) or with its
+own window protocol gets a trunk of its own.
+
+The result of every method is bit-for-bit the result of running that method alone: the shared
+trunk is the same kernels on the same batch, and each method's windows, merging and
+post-processing are its own Segmenter's code (``tests/test_speed_paths.py`` checks this exactly).
+Methods must not modify trunk tensors in place (none does).
+
+Text is shared too: the per-query embedding cache of the model's text encoder means a query that
+several methods use (same templates) is encoded once, and only once across runs (disk cache).
+
+Memory stays bounded: images are processed one at a time, the shared trunk of one batch of
+windows is released before the next batch, and results are streamed by :meth:`iter_predict`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Iterator, Sequence
+
+import torch
+
+from tfovss_core.clip.backbone import Trunk, TrunkRequest
+from tfovss_core.errors import ConfigError, InputError, TfovssError
+from tfovss_core.io.images import image_label
+from tfovss_core.engine.segmenter import SegmentationResult, Segmenter, WindowOutput, guarded
+from tfovss_core.engine.windows import pad_to_multiple, sliding_windows
+from tfovss_core.clip.loading import ClipModel
+
+
+class SharedTrunk:
+    """A ``trunk_fn`` for :meth:`Segmenter.windows` that computes each batch of windows once.
+
+    Called with the same crops by several methods in turn (lock-step), it runs the frozen blocks
+    for ``request`` (the union of the methods' requests) on the first call and hands every later
+    caller a view with the depth that caller asked for. Only the latest batch is held.
+    """
+
+    def __init__(self, backbone, request: TrunkRequest):
+        self.backbone = backbone
+        self.request = request
+        self._crops: torch.Tensor | None = None
+        self._trunk: Trunk | None = None
+        self.runs = 0      # frozen-trunk computations (for tests and the benchmark)
+        self.hits = 0      # calls served from the shared batch
+
+    def __call__(self, crops: torch.Tensor, request: TrunkRequest) -> Trunk:
+        if request.depth > self.request.depth or not set(request.keep) <= set(self.request.keep) | {
+                self.request.depth - 1}:
+            raise ValueError(f"request {request} is not covered by the shared request {self.request}")
+        if self._trunk is None or self._crops is None or self._crops.shape != crops.shape \
+                or not torch.equal(self._crops, crops):
+            self._trunk = None  # release the previous batch before computing the next one
+            self._trunk = self.backbone.run_trunk(crops, self.request)
+            self._crops = crops
+            self.runs += 1
+        else:
+            self.hits += 1
+        t = self._trunk
+        if request.depth == t.depth:
+            return t
+        return Trunk(embedded=t.embedded, depth=request.depth, outputs=t.outputs, grid=t.grid)
+
+    def clear(self) -> None:
+        self._crops = self._trunk = None
+
+
+def _window_key(seg: Segmenter, x: torch.Tensor):
+    """Segmenters with equal keys see identical batches of windows of ``x`` in the same precision.
+
+    Settings that differ but change nothing on this image (e.g. ``pad_to_patch`` when every window
+    is already a patch multiple) do not split a group.
+    """
+    if seg.method.weight_edits():
+        return ("own", id(seg))
+    s = seg.settings
+    _, _, h, w = x.shape
+    boxes = tuple(sliding_windows(h, w, s.crop, s.stride))
+    y1, y2, x1, x2 = boxes[0]
+    pad = pad_to_multiple(y2 - y1, x2 - x1, seg.model.visual.patch) if s.pad_to_patch else (0, 0, 0, 0)
+    return boxes, tuple(pad), seg.window_batch_size(x, len(boxes)), s.precision
+
+
+def _prepare_key(seg: Segmenter):
+    s = seg.settings
+    return s.short_side, s.max_long_side
+
+
+def _light(out: WindowOutput) -> WindowOutput:
+    """Keeps what merging needs (boxes and logits), drops the per-patch features."""
+    return dataclasses.replace(out, features=out.features[:0])
+
+
+class MultiSegmenter:
+    """Several methods on one model, sharing the frozen trunk (and text) wherever they can.
+
+    ``methods`` items: a method name (``"sclip"``), ``(label, method)``, ``(label, method, settings)``
+    with per-method settings/options that override ``settings``, or a ready :class:`Segmenter`
+    on the same model (alone, labelled by its method's name, or as ``(label, segmenter)``).
+    ``classes`` and ``settings`` are as for :class:`Segmenter` and apply to every method; with a preset (``classes="voc21"``) each method gets its own official settings, so
+    methods of different protocols (e.g. ClearCLIP's 448/224 windows vs SCLIP's 224/112) form
+    separate trunk groups. Pass common window settings (``short_side``, ``crop``, ``stride``) to
+    share one trunk across all of them.
+    """
+
+    def __init__(self, model: ClipModel, methods: Sequence, classes=None, **settings):
+        if not methods:
+            raise ConfigError("no methods given: pass a list such as ['sclip', 'clearclip']")
+        self.model = model
+        self.segmenters: dict[str, Segmenter] = {}
+        for item in methods:
+            label, seg = self._build(item, classes, settings)
+            if label in self.segmenters:
+                raise ConfigError(f"method label {label!r} given twice; use (label, method, settings) "
+                                  "tuples to run one method with several option sets")
+            self.segmenters[label] = seg
+        for label, seg in self.segmenters.items():
+            if seg.model is not model:
+                raise ConfigError(f"{label}: its Segmenter uses another model; a MultiSegmenter shares one")
+        self.last_groups: list[list[str]] = []   # trunk groups of the latest image
+        self.trunk_runs = 0                       # frozen-trunk batches computed so far
+
+    def _build(self, item, classes, settings) -> tuple[str, Segmenter]:
+        if isinstance(item, Segmenter):
+            return item.method.name, item
+        if isinstance(item, str):
+            return item, Segmenter(self.model, method=item, classes=classes, **settings)
+        if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], Segmenter):
+            return str(item[0]), item[1]
+        if isinstance(item, (tuple, list)) and len(item) in (2, 3):
+            label, method = item[0], item[1]
+            extra = dict(item[2]) if len(item) == 3 else {}
+            return str(label), Segmenter(self.model, method=method, classes=classes, **{**settings, **extra})
+        raise ConfigError(f"cannot read method spec {item!r}: give a name, (label, method), "
+                          "(label, method, settings) or (label, Segmenter)")
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.segmenters)
+
+    def shared_request(self, labels: Sequence[str]) -> TrunkRequest:
+        request = None
+        for label in labels:
+            r = self.segmenters[label].method.trunk_request()
+            request = r if request is None else request.merged(r)
+        return request
+
+    # -- prediction --------------------------------------------------------------------------------
+    def prepare_all(self, image, name: str | None = None) -> dict:
+        """Decodes ``image`` once and prepares one network input per distinct resize setting."""
+        label = image_label(image, name)
+        prepared: dict = {}
+        for seg in self.segmenters.values():
+            pkey = _prepare_key(seg)
+            if pkey not in prepared:
+                prepared[pkey] = seg.prepare(image if not prepared else next(iter(prepared.values()))[0], label)
+        return prepared
+
+    @torch.inference_mode()
+    def predict(self, image, name: str | None = None, prepared: dict | None = None) -> dict[str, SegmentationResult]:
+        """Every method on one image: ``{label: SegmentationResult}`` (in the order given).
+
+        ``prepared``: the output of :meth:`prepare_all` for this image (the streaming path
+        decodes images ahead in worker threads).
+        """
+        label = image_label(image, name)
+        results: dict[str, SegmentationResult] = {}
+        if prepared is None:
+            prepared = self.prepare_all(image, label)
+        groups: dict[Any, list[str]] = {}
+        for g, seg in self.segmenters.items():
+            pkey = _prepare_key(seg)
+            groups.setdefault((pkey, _window_key(seg, prepared[pkey][1])), []).append(g)
+        self.last_groups = list(groups.values())
+        for (pkey, _), group in groups.items():
+            rgb, x = prepared[pkey]
+            size = rgb.shape[:2]
+            segs = [self.segmenters[g] for g in group]
+            if len(segs) == 1:
+                results[group[0]] = segs[0].finish(segs[0].dense_logits(x, size), x, label)
+                n = len(sliding_windows(*x.shape[-2:], segs[0].settings.crop, segs[0].settings.stride))
+                self.trunk_runs += -(-n // segs[0].window_batch_size(x, n))
+                continue
+            for seg in segs:
+                seg.text_features  # noqa: B018  (encode the text before the window loop)
+            shared = SharedTrunk(self.model.visual, self.shared_request(group))
+            outputs: list[list[WindowOutput]] = [[] for _ in segs]
+            for outs in zip(*(seg.windows(x, trunk_fn=shared) for seg in segs), strict=True):
+                for kept, out in zip(outputs, outs):
+                    kept.append(_light(out))
+            shared.clear()
+            self.trunk_runs += shared.runs
+            for g, seg, outs in zip(group, segs, outputs):
+                results[g] = seg.finish(seg.dense_logits(x, size, outputs=outs), x, label)
+        return {g: results[g] for g in self.segmenters}
+
+    def predict_batch(self, images: Sequence) -> list[dict[str, SegmentationResult]]:
+        return [self.predict(im) for im in images]
+
+    def iter_predict(self, images: Iterable, workers: int = 0
+                     ) -> Iterator[tuple[Any, dict[str, SegmentationResult] | TfovssError]]:
+        """Streams ``(image, {label: result})`` or ``(image, error)``; nothing accumulates.
+
+        ``workers > 0`` decodes and resizes the next images in that many threads while the current
+        one is segmented (see :func:`stream`).
+        """
+        if workers > 0:
+            yield from stream(self, images, workers=workers)
+            return
+        yield from guarded(self.predict, images)
+
+    def describe(self) -> dict:
+        return {"methods": {label: seg.describe() for label, seg in self.segmenters.items()},
+                "trunk_groups_last_image": [list(g) for g in self.last_groups]}
+
+
+def stream(runner, images: Iterable, workers: int = 2, ahead: int | None = None) -> Iterator[tuple[Any, Any]]:
+    """Segments ``images`` in order, decoding the next ones in worker threads meanwhile.
+
+    ``runner`` is a :class:`~tfovss_core.Segmenter` (yields ``(image, result or error)``) or a
+    :class:`MultiSegmenter` (yields ``(image, {label: result} or error)``). At most ``ahead``
+    (default ``2 * workers``) prepared images wait in memory; on a CUDA model they are already on
+    the GPU (copied from pinned host memory), so decoding, resizing and the copy overlap with the
+    GPU's work on the current image. A bad image yields its :class:`InputError`, the rest go on.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    single = isinstance(runner, Segmenter)
+    multi = MultiSegmenter(runner.model, [runner]) if single else runner
+    ahead = max(1, ahead if ahead is not None else 2 * max(1, workers))
+    it = iter(images)
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="tfovss-decode") as pool:
+        def submit() -> None:
+            for im in it:
+                pending.append((im, pool.submit(multi.prepare_all, im)))
+                return
+
+        for _ in range(ahead):
+            submit()
+        while pending:
+            im, future = pending.popleft()
+            submit()
+            try:
+                out = multi.predict(im, prepared=future.result())
+            except InputError as exc:
+                yield im, exc
+                continue
+            yield im, (next(iter(out.values())) if single else out)
+
+
+# -- fast mode: departs from the papers' protocol -----------------------------------------------------
+FAST_MODES = {
+    # one pass over the whole resized image, positional embeddings interpolated to its patch grid
+    "whole": {"crop": 0},
+    # non-overlapping windows (stride = crop): about 1.5x fewer windows than stride = crop / 2
+    "coarse": {"stride": None},
+}
+
+
+def fast_settings(mode: str = "whole", crop: int = 224) -> dict:
+    """Settings of a fast mode for pre-labelling big datasets. NOT the papers' protocol.
+
+    ``"whole"``: the whole image in one forward pass (``crop=0``); ``"coarse"``: windows of
+    ``crop`` with stride ``crop``. Both change the outputs (bench/RESULTS.md gives the speed-up and
+    the pixel agreement with the protocol path); benchmark numbers must use the protocol.
+    """
+    if mode not in FAST_MODES:
+        raise ConfigError(f"unknown fast mode {mode!r}; choose one of {sorted(FAST_MODES)}")
+    if mode == "coarse":
+        return {"crop": crop, "stride": crop}
+    return dict(FAST_MODES[mode])
+
+
+def compare(model: ClipModel, image, methods: Sequence = ("clip", "maskclip", "sclip", "clearclip", "naclip",
+                                                          "scclip"),
+            classes=None, **settings) -> dict[str, SegmentationResult]:
+    """Runs several methods on one image with a shared trunk: ``{label: SegmentationResult}``.
+
+    ``compare(model, "photo.jpg", ["sclip", "clearclip"], classes=["cat", "dog"], short_side=336,
+    crop=224, stride=112)``. For many images build a :class:`MultiSegmenter` once and stream with
+    :meth:`MultiSegmenter.iter_predict`.
+    """
+    return MultiSegmenter(model, methods, classes=classes, **settings).predict(image)
+
+
+__all__ = ["MultiSegmenter", "SharedTrunk", "compare", "stream", "FAST_MODES", "fast_settings"]

@@ -1,0 +1,277 @@
+"""The inference driver shared by every method.
+
+image -> short-side resize -> CLIP normalisation -> sliding windows (batched through the model)
+-> method features -> cosine with the cached text embeddings -> per-window bilinear upsampling and
+averaging -> resize to the input resolution -> optional PAMR -> softmax with the logit scale,
+synonym max, area / probability thresholds -> probabilities + mask.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tfovss_core.spec import presets as _presets
+from tfovss_core.errors import ConfigError, InputError, TfovssError
+from tfovss_core.spec.settings import SETTING_NAMES, Settings, coerce_setting
+from tfovss_core.engine.windows import pad_to_multiple, sliding_windows
+from tfovss_core.ops.flops import auto_batch_size, autocast
+from tfovss_core.io.images import CLIP_MEAN, CLIP_STD, image_label, load_image, resize_short_side
+from tfovss_core.methods import Method, get_method_class
+from tfovss_core.methods.base import WindowContext
+from tfovss_core.clip.loading import ClipModel
+from tfovss_core.ops.pamr import pamr
+from tfovss_core.ops.postprocess import probabilities_and_mask
+from tfovss_core.clip.text import Vocabulary, resolve_templates
+
+
+@dataclass
+class SegmentationResult:
+    """One image's output: class probabilities and the mask, at the input image's resolution."""
+
+    probs: np.ndarray            # float32 (C, H, W): what is argmaxed (after synonym max / area_thd)
+    mask: np.ndarray             # (H, W) class indices after thresholds (uint8 when C <= 256)
+    class_names: list[str]
+    name: str = ""
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """Per-pixel top class probability ``(H, W)``."""
+        return self.probs.max(axis=0)
+
+
+@dataclass
+class WindowOutput:
+    """Dense outputs of a batch of windows of one image (for inspection and conformance tests)."""
+
+    boxes: list[tuple[int, int, int, int]]     # (y1, y2, x1, x2) in the resized input
+    grid: tuple[int, int]
+    features: torch.Tensor                     # (n, gh*gw, D) L2-normalised patch features
+    logits: torch.Tensor                       # (n, Q, gh, gw) cosine logits
+
+
+class Segmenter:
+    """Open-vocabulary segmentation of images with one method.
+
+    ``classes`` is a preset name (``"voc21"``, ``"ade20k"``, ... : its class file and the method's
+    official settings for that dataset are applied), a path to a class file (one class per line,
+    synonyms separated by ``", "``), or a list whose items are a name or a list of synonyms.
+    ``settings`` are driver settings (:class:`Settings`) and method options, by name; explicit
+    values override the preset's and the method's defaults.
+    """
+
+    def __init__(self, model: ClipModel, method: str | Method = "sclip", classes=None, **settings):
+        if classes is None:
+            raise ConfigError("no classes given: pass a preset name (e.g. 'voc21') or a list of class names")
+        self.model = model
+        method_name = method if isinstance(method, str) else method.name
+        method_cls = get_method_class(method_name) if isinstance(method, str) else type(method)
+        self.preset = None
+        preset_settings: dict = {}
+        if isinstance(classes, str) and _is_preset(classes):
+            self.preset = _presets.get_preset(classes)
+            spec = self.preset.classes(method_name)
+            preset_settings = _presets.method_settings(method_name, self.preset.name, model.visual.depth)
+        elif isinstance(classes, (str, Path)):
+            path = Path(classes)
+            if not path.is_file():
+                raise ConfigError(f"classes={str(classes)!r} is neither a preset ({', '.join(_presets.list_presets())}) "
+                                  "nor a class file; pass a list of class names for your own vocabulary")
+            spec = _presets.read_class_file(path)
+        else:
+            spec = classes
+        self.vocabulary = Vocabulary.from_spec(spec)
+        names = list(self.vocabulary.names)
+        if self.preset is not None:
+            names = self.preset.class_names(method_name)
+        self.class_names = names
+
+        option_names = {f.name for f in method_cls.option_fields()}
+        merged: dict = dict(method_cls.default_settings)
+        merged.update({k: v for k, v in preset_settings.items() if k in SETTING_NAMES or k in option_names})
+        unknown = sorted(k for k in settings if k not in SETTING_NAMES and k not in option_names)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {unknown} for method {method_name!r}; driver settings: "
+                              f"{list(SETTING_NAMES)}; method options: {sorted(option_names) or 'none'}")
+        merged.update(settings)
+        self.settings = Settings(**{k: coerce_setting(k, v) for k, v in merged.items() if k in SETTING_NAMES})
+        self.settings.validate()
+        options = {k: v for k, v in merged.items() if k in option_names}
+        if isinstance(method, Method):
+            if options:
+                raise ConfigError("pass options when creating the method instance, not to Segmenter")
+            self.method = method
+        else:
+            self.method = method_cls(model.visual, method_cls.make_options(**options))
+        self.templates = resolve_templates(self.settings.templates)
+        self._text: torch.Tensor | None = None
+        self._query_class = torch.tensor(self.vocabulary.query_class, dtype=torch.long)
+
+    # -- text --------------------------------------------------------------------------------------
+    @property
+    def text_features(self) -> torch.Tensor:
+        """``(Q, D)`` unit query embeddings on the model's device (computed once, cached on disk)."""
+        if self._text is None:
+            feats = self.model.text.encode_queries(self.vocabulary.queries, self.templates)
+            self._text = feats.to(self.model.device, torch.float32)
+        return self._text
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.vocabulary)
+
+    # -- images ------------------------------------------------------------------------------------
+    def prepare(self, image, name: str | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """The original RGB array and the normalised, resized network input ``(1, 3, h, w)``."""
+        label = image_label(image, name)
+        rgb = load_image(image, label)
+        s = self.settings
+        patch = self.model.visual.patch
+        if min(rgb.shape[:2]) < 1 or (s.short_side is None and min(rgb.shape[:2]) < patch):
+            raise InputError(f"{label}: image of size {rgb.shape[1]}x{rgb.shape[0]} is smaller than one "
+                             f"{patch}x{patch} patch")
+        resized = resize_short_side(rgb, s.short_side, s.max_long_side)
+        if min(resized.shape[:2]) < patch:
+            raise InputError(f"{label}: image of size {rgb.shape[1]}x{rgb.shape[0]} becomes "
+                             f"{resized.shape[1]}x{resized.shape[0]} after resizing, smaller than one patch")
+        x = torch.from_numpy(resized)
+        if self.model.device.type == "cuda":  # pinned host memory: an asynchronous copy to the GPU
+            x = x.pin_memory()
+        x = x.to(self.model.device, non_blocking=True).permute(2, 0, 1).float()
+        mean = torch.tensor(CLIP_MEAN, device=x.device).view(3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=x.device).view(3, 1, 1)
+        return rgb, ((x - mean) / std).unsqueeze(0)
+
+    # -- dense logits --------------------------------------------------------------------------------
+    def windows(self, x: torch.Tensor, trunk_fn=None) -> Iterator[WindowOutput]:
+        """Runs the method over the windows of one prepared input, ``batch_size`` at a time.
+
+        ``trunk_fn(crops, request) -> Trunk`` replaces ``run_trunk`` (the shared trunk of
+        :mod:`tfovss_core.engine.multi` hands every method the same frozen-block outputs).
+        """
+        s = self.settings
+        _, _, h, w = x.shape
+        boxes = sliding_windows(h, w, s.crop, s.stride)
+        patch = self.model.visual.patch
+        text = self.text_features
+        request = self.method.trunk_request()
+        batch = self.window_batch_size(x, len(boxes))
+        amp = autocast(x.device, s.precision)
+        for start in range(0, len(boxes), batch):
+            chunk = boxes[start:start + batch]
+            crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+            pad = pad_to_multiple(crops.shape[-2], crops.shape[-1], patch) if s.pad_to_patch else (0, 0, 0, 0)
+            if any(pad):
+                crops = F.pad(crops, pad)
+            with self.model.visual.weight_edit(self.method.weight_edits()), amp:
+                trunk = (trunk_fn or self.model.visual.run_trunk)(crops, request)
+                if self.method.needs_context:
+                    context = WindowContext(images=crops, text=text, logit_scale=float(s.logit_scale))
+                    feats = self.method.features(trunk, context)
+                else:
+                    feats = self.method.features(trunk)
+            feats = F.normalize(feats.float(), dim=-1)
+            gh, gw = trunk.grid
+            logits = (feats @ text.T).transpose(1, 2).reshape(len(chunk), -1, gh, gw)
+            yield WindowOutput(boxes=chunk, grid=(gh, gw), features=feats, logits=logits)
+
+    def window_batch_size(self, x: torch.Tensor, n_windows: int) -> int:
+        """Windows per forward pass: ``batch_size``, or with 0 as many as fit the memory budget."""
+        s = self.settings
+        if s.batch_size:
+            return s.batch_size
+        _, _, h, w = x.shape
+        crop = (min(s.crop, h), min(s.crop, w)) if s.crop else (h, w)
+        return auto_batch_size(self.model.visual, crop, n_windows, x.device, s.precision)
+
+    def dense_logits(self, x: torch.Tensor, out_size: tuple[int, int], outputs=None) -> torch.Tensor:
+        """Cosine logits ``(Q, H, W)`` averaged over windows and resized to ``out_size``.
+
+        ``outputs``: the :class:`WindowOutput` s of ``x`` when already computed (default: run them).
+        """
+        _, _, h, w = x.shape
+        s = self.settings
+        q = self.text_features.shape[0]
+        canvas = x.new_zeros((q, h, w))
+        count = x.new_zeros((1, h, w))
+        patch = self.model.visual.patch
+        for out in (self.windows(x) if outputs is None else outputs):
+            y1, y2, x1, x2 = out.boxes[0]
+            ch, cw = y2 - y1, x2 - x1
+            left, right, top, bottom = pad_to_multiple(ch, cw, patch) if s.pad_to_patch else (0, 0, 0, 0)
+            up = F.interpolate(out.logits, size=(ch + top + bottom, cw + left + right), mode="bilinear",
+                               align_corners=False)
+            up = up[:, :, top:top + ch, left:left + cw]
+            for (y1, y2, x1, x2), window_logits in zip(out.boxes, up):
+                canvas[:, y1:y2, x1:x2] += window_logits
+                count[:, y1:y2, x1:x2] += 1
+        logits = canvas / count
+        return F.interpolate(logits[None], size=out_size, mode="bilinear", align_corners=False)[0]
+
+    # -- prediction ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(self, image, name: str | None = None) -> SegmentationResult:
+        """Segments one image (HxWx3 uint8 array, PIL image or path)."""
+        label = image_label(image, name)
+        rgb, x = self.prepare(image, label)
+        size = rgb.shape[:2]
+        return self.finish(self.dense_logits(x, size), x, label)
+
+    @torch.inference_mode()
+    def finish(self, logits: torch.Tensor, x: torch.Tensor, name: str = "") -> SegmentationResult:
+        """PAMR, probabilities and mask from the dense logits ``(Q, H, W)`` at the image's size."""
+        label, size = name, tuple(logits.shape[-2:])
+        s = self.settings
+        if s.pamr_steps > 0:
+            guide = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            logits = pamr(guide, logits[None], s.pamr_steps, s.pamr_dilations)[0]
+        probs, mask = probabilities_and_mask(
+            logits, self._query_class.to(logits.device), self.num_classes, logit_scale=s.logit_scale,
+            prob_thd=s.prob_thd, area_thd=s.area_thd, renormalize=self.method.renormalize_probs)
+        mask_dtype = np.uint8 if self.num_classes <= 256 else np.int32
+        return SegmentationResult(probs=probs.float().cpu().numpy(), mask=mask.cpu().numpy().astype(mask_dtype),
+                                  class_names=list(self.class_names), name=label)
+
+    def predict_batch(self, images: Sequence) -> list[SegmentationResult]:
+        """Segments several images; raises on the first bad one (see :meth:`iter_predict`)."""
+        return [self.predict(im) for im in images]
+
+    def iter_predict(self, images: Iterable) -> Iterator[tuple[Any, SegmentationResult | TfovssError]]:
+        """Streams ``(image, result or error)``; a bad image yields its error, the rest go on."""
+        return guarded(self.predict, images)
+
+    # -- description -------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """Every setting that determines the output (JSON-able)."""
+        s = dataclasses.asdict(self.settings)
+        s["pamr_dilations"] = list(s["pamr_dilations"])
+        if isinstance(s["templates"], tuple):
+            s["templates"] = list(s["templates"])
+        return {"method": self.method.describe(), "model": self.model.describe(),
+                "classes": [list(c) for c in self.vocabulary.classes], "class_names": list(self.class_names),
+                "preset": self.preset.name if self.preset else None, "settings": s,
+                "num_templates": len(self.templates),
+                "renormalize_probs": self.method.renormalize_probs}
+
+
+def guarded(predict, images: Iterable) -> Iterator[tuple[Any, Any]]:
+    """``(image, predict(image))`` for each image, or ``(image, InputError)`` for a bad one."""
+    for im in images:
+        try:
+            yield im, predict(im)
+        except InputError as exc:
+            yield im, exc
+
+
+def _is_preset(name: str) -> bool:
+    try:
+        _presets.get_preset(name)
+        return True
+    except KeyError:
+        return False

@@ -1,0 +1,1 @@
+"""Exporting masks: COCO annotations (RLE / polygons) and coloured overlays."""

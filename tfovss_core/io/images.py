@@ -1,0 +1,97 @@
+"""Reading and resizing input images (mmseg-style test pipeline)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from tfovss_core.errors import InputError
+
+# CLIP's mean / std in 0-255 RGB units (the SCLIP-family SegDataPreProcessor).
+CLIP_MEAN = (122.771, 116.746, 104.094)
+CLIP_STD = (68.501, 66.632, 70.323)
+
+_CONVERTIBLE_MODES = {"RGB", "L", "P", "CMYK", "YCbCr", "1", "RGBA", "LA", "PA", "RGBX"}
+
+
+def image_label(image, name: str | None = None) -> str:
+    if name:
+        return name
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    if isinstance(image, Image.Image) and getattr(image, "filename", None):
+        return image.filename
+    return "<in-memory image>"
+
+
+def load_image(image, name: str | None = None) -> np.ndarray:
+    """An RGB uint8 ``(H, W, 3)`` array from a path, a PIL image or an array.
+
+    Files and PIL images in 8-bit modes (greyscale, palette, CMYK, RGBA: alpha dropped) are
+    converted to RGB, as dataset loaders do. Arrays must already be ``(H, W, 3)`` uint8 RGB.
+    16-bit and float images are refused: their value range is ambiguous.
+    """
+    label = image_label(image, name)
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"{label}: no such image file")
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return _from_pil(im, label)
+        except InputError:
+            raise
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise InputError(f"{label}: cannot decode the image file ({exc})") from None
+    if isinstance(image, Image.Image):
+        return _from_pil(image, label)
+    if isinstance(image, np.ndarray):
+        return _check_array(image, label)
+    raise InputError(f"{label}: unsupported image type {type(image).__name__}; "
+                     "pass a file path, a PIL image or an HxWx3 uint8 RGB array")
+
+
+def _from_pil(im: Image.Image, label: str) -> np.ndarray:
+    if im.mode not in _CONVERTIBLE_MODES:
+        raise InputError(f"{label}: {im.mode!r} images (16-bit or float) are not supported; "
+                         "convert to 8-bit RGB first")
+    return _check_array(np.asarray(im.convert("RGB")), label)
+
+
+def _check_array(arr: np.ndarray, label: str) -> np.ndarray:
+    if arr.dtype != np.uint8:
+        raise InputError(f"{label}: image array has dtype {arr.dtype}, expected uint8 RGB "
+                         "(scale 16-bit or float images to 0..255 uint8 first)")
+    if arr.ndim == 2:
+        raise InputError(f"{label}: greyscale array of shape {arr.shape}; expected HxWx3 RGB "
+                         "(np.repeat(a[..., None], 3, axis=2) converts it)")
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        hint = " (RGBA: drop the alpha channel, a[..., :3])" if arr.ndim == 3 and arr.shape[2] == 4 else ""
+        raise InputError(f"{label}: image array of shape {arr.shape}; expected HxWx3 RGB{hint}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise InputError(f"{label}: empty image of shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def rescale_size(height: int, width: int, short_side: int, long_side: int = 2048) -> tuple[int, int]:
+    """mmcv ``imrescale`` with ``scale=(long_side, short_side)``: keep ratio, short side -> S.
+
+    factor = min(long / max(h, w), short / min(h, w)); new size = int(x * factor + 0.5).
+    """
+    factor = min(long_side / max(height, width), short_side / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def resize_short_side(img: np.ndarray, short_side: int | None, long_side: int = 2048) -> np.ndarray:
+    """Bilinear (cv2 INTER_LINEAR, as mmcv) keep-ratio resize; ``None`` leaves the image as is."""
+    if not short_side:
+        return img
+    h, w = img.shape[:2]
+    nh, nw = rescale_size(h, w, short_side, long_side)
+    if (nh, nw) == (h, w):
+        return img
+    return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)

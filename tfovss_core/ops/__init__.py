@@ -1,0 +1,1 @@
+"""Shared math on tensors: post-processing, PAMR, FLOP counting and memory budgets."""

@@ -1,0 +1,639 @@
+"""Operators of the ``@tfovss/ovss`` plugin: thin forms over :mod:`tfovss_fiftyone.prelabel`,
+:mod:`tfovss_fiftyone.compare`, :mod:`tfovss_fiftyone.evaluation` and :mod:`tfovss_fiftyone.export`. Heavy imports happen
+inside the methods."""
+from __future__ import annotations
+
+import fiftyone.operators as foo
+from fiftyone.operators import types
+
+from tfovss_fiftyone import forms
+
+#: views larger than this default to delegated (background) execution
+DELEGATE_ABOVE = 25
+
+VOCAB_SOURCES = ("text", "mask_targets", "preset")
+_VOCAB_LABELS = {"text": "Free text (one class per line, synonyms comma-separated)",
+                 "mask_targets": "A field's mask_targets (the dataset's own classes)",
+                 "preset": "A benchmark preset (its class names and official settings)"}
+_DEFAULT_VOCAB = "background\ncat, kitten\ndog, puppy\nperson, man, woman"
+_ADDONS = ("lht", "atr", "ssr", "she")
+#: methods ticked by default in the compare form
+COMPARE_DEFAULT = ("sclip", "clearclip", "naclip")
+_NO_GT = "(none)"
+
+
+def _core():
+    import tfovss_core
+
+    return tfovss_core
+
+
+def _method_info(method: str) -> dict:
+    try:
+        return _core().describe_method(method)
+    except Exception:
+        return {"options": []}
+
+
+def _addons_supported(host: str) -> bool:
+    try:
+        _core().describe_method(f"{host}+lht")
+        return True
+    except Exception:
+        return False
+
+
+def _full_method(params) -> str:
+    method = params.get("method") or "sclip"
+    addons = [a for a in _ADDONS if params.get(f"addon_{a}")]
+    return "+".join([method] + addons) if addons else method
+
+
+def _target_count(ctx) -> int:
+    try:
+        return len(ctx.target_view())
+    except Exception:
+        return 0
+
+
+def _mask_targets_choices(dataset) -> dict[str, dict]:
+    out = {}
+    if dataset is None:
+        return out
+    for f, t in (dataset.mask_targets or {}).items():
+        if t:
+            out[f] = t
+    if dataset.default_mask_targets:
+        out["(dataset default)"] = dataset.default_mask_targets
+    return out
+
+
+def _fail(message: str):
+    raise ValueError(message)
+
+
+def _operator_config(name: str, label: str, description: str):
+    """Every tfovss operator: dynamic form, runs immediately or delegated (the choice is offered)."""
+    return foo.OperatorConfig(name=name, label=label, description=description, dynamic=True,
+                              allow_immediate_execution=True, allow_delegated_execution=True,
+                              default_choice_to_delegated=False)
+
+
+def _execution_options(ctx, delegate_above: int):
+    """Delegated by default when the target holds more than ``delegate_above`` samples."""
+    from fiftyone.operators.executor import ExecutionOptions
+
+    return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=True,
+                            default_choice_to_delegated=_target_count(ctx) > delegate_above)
+
+
+# -- form sections shared by the pre-label and compare operators ----------------------------------
+
+def _add_backbone(inputs):
+    inputs.view("backbone_header", types.Header(label="Backbone", divider=True))
+    inputs.str("arch", default="ViT-B-16", required=True, label="Architecture",
+               description="open_clip architecture, e.g. ViT-B-16, ViT-L-14")
+    inputs.str("pretrained", default="openai", required=True, label="Pretrained weights",
+               description="A pretrained tag (openai, laion2b_s34b_b88k, ...) or the path "
+                           "of a local checkpoint")
+
+
+def _add_vocabulary(inputs, ds, params):
+    inputs.view("vocab_header", types.Header(label="Vocabulary", divider=True))
+    mt_choices = _mask_targets_choices(ds)
+    sources = [s for s in VOCAB_SOURCES if s != "mask_targets" or mt_choices]
+    source = params.get("vocab_source") or ("mask_targets" if mt_choices else "text")
+    forms.add_choice(inputs, "vocab_source", sources, default=source, label="Classes from",
+                     labels=_VOCAB_LABELS, radio=True)
+    if source == "mask_targets" and mt_choices:
+        names = list(mt_choices)
+        forms.add_choice(inputs, "vocab_field", names, default=names[0],
+                         label="mask_targets of")
+        chosen = params.get("vocab_field") or names[0]
+        t = mt_choices.get(chosen, {})
+        preview = ", ".join(f"{k}: {v}" for k, v in list(sorted(
+            ((int(k), v) for k, v in t.items())))[:30])
+        more = f" (+{len(t) - 30} more)" if len(t) > 30 else ""
+        forms.notice(inputs, "vocab_preview", f"{len(t)} classes: {preview}{more}")
+    elif source == "preset":
+        presets = _core().presets.list_presets()
+        forms.add_choice(inputs, "preset", presets, default="voc21" if "voc21" in presets
+                         else presets[0], label="Preset")
+        forms.notice(inputs, "preset_note", "The preset's official settings for the "
+                     "method apply; values set below override them.")
+    else:
+        inputs.str("vocabulary", default=_DEFAULT_VOCAB, required=True,
+                   label="Classes", description="One class per line; synonyms separated "
+                   "by commas; the first line gets the pixels under the background "
+                   "threshold. Optional 'value:' prefixes set the mask values.",
+                   view=types.TextFieldView(multiline=True, rows=6))
+        text = params.get("vocabulary")
+        if text is not None:
+            from tfovss_fiftyone.prelabel import PrelabelInputError, parse_vocabulary
+            try:
+                parse_vocabulary(text)
+            except PrelabelInputError as e:
+                forms.error(inputs, "vocab_error", str(e))
+
+
+def _read_vocabulary(ctx):
+    """``(classes, vocabulary source)`` from the vocabulary section's parameters."""
+    p = ctx.params
+    source = p.get("vocab_source") or "text"
+    if source == "mask_targets":
+        key = p.get("vocab_field")
+        targets = _mask_targets_choices(ctx.dataset).get(key)
+        if not targets:
+            _fail(f"no mask_targets found for '{key}'")
+        return {int(k): v for k, v in targets.items()}, f"mask_targets:{key}"
+    if source == "preset":
+        return p.get("preset"), f"preset:{p.get('preset')}"
+    return p.get("vocabulary") or "", "text"
+
+
+def _add_settings(inputs):
+    inputs.view("settings_header", types.Header(label="Settings", divider=True))
+    for name, kind, label, desc in forms.DRIVER_SETTINGS:
+        forms.add_optional_number(inputs, name, kind, label, desc)
+    inputs.str("device", default="auto", label="Device",
+               description="auto, cpu, cuda, cuda:1, ...")
+    inputs.int("batch_size", default=8, min=1, label="Batch size",
+               description="Samples per write batch and CLIP windows per forward pass")
+
+
+def _check_output_fields(inputs, ds, fields, prop_name):
+    """Marks ``prop_name`` invalid when one of ``fields`` exists with other labels than
+    Segmentation; warns and offers *Overwrite* when some exist as Segmentation fields."""
+    import fiftyone as fo
+
+    schema = ds.get_field_schema() if ds is not None else {}
+    existing = []
+    for f in fields:
+        if f not in schema:
+            continue
+        doc = getattr(schema[f], "document_type", None)
+        if doc is None or not issubclass(doc, fo.Segmentation):
+            forms.invalid(inputs, prop_name, f"'{f}' exists and is not a Segmentation field")
+            return
+        existing.append(f)
+    if existing:
+        what = (f"Field '{existing[0]}' exists" if len(existing) == 1 else
+                "Fields " + ", ".join(f"'{f}'" for f in existing) + " exist")
+        forms.warning(inputs, "exists_warning",
+                      f"{what}. Samples already labelled with the same settings are skipped; "
+                      "labels made otherwise are only replaced if you allow overwriting.")
+        inputs.bool("overwrite", default=False, label="Overwrite existing labels and "
+                    "mask files", view=types.CheckboxView())
+
+
+def _add_resume_and_mask_folder(inputs, ds):
+    inputs.bool("skip_labelled", default=True, label="Skip samples already labelled with "
+                "the same settings (resume)", view=types.CheckboxView())
+    from tfovss_fiftyone.prelabel import default_output_dir
+    inputs.str("output_dir", default=default_output_dir(ds) if ds is not None else None,
+               required=True, label="Mask folder",
+               description="Masks are written here as PNG files (<field>/<sample id>_"
+                           "<settings hash>.png)")
+
+
+def _add_delegate_note(inputs, ctx):
+    n = _target_count(ctx)
+    if n > DELEGATE_ABOVE:
+        forms.notice(inputs, "delegate_note", f"{n} samples: this runs as a delegated "
+                     "operation by default (needs `fiftyone delegated launch`).")
+
+
+def _add_eval_protocol(inputs):
+    forms.add_choice(inputs, "background", ["class", "ignore"], default="class",
+                     label="Background (value 0)", radio=True,
+                     labels={"class": "A class like any other (VOC protocol)",
+                             "ignore": "Not evaluated (ADE20K reduce_zero_label protocol)"})
+    inputs.int("ignore_index", default=255, label="Ignore index",
+               description="Ground-truth value that is never evaluated (void)")
+
+
+def _run_params(p) -> dict:
+    """Backbone, settings and output arguments of ``prelabel`` / ``prelabel_many``."""
+    return dict(arch=p.get("arch") or "ViT-B-16", pretrained=p.get("pretrained") or "openai",
+                settings=forms.read_settings(p), device=p.get("device") or None,
+                batch_size=int(p.get("batch_size") or 8),
+                output_dir=forms.path_param(p.get("output_dir")),
+                overwrite=bool(p.get("overwrite")),
+                skip_labelled=p.get("skip_labelled", True) is not False)
+
+
+class PrelabelSegmentation(foo.Operator):
+    @property
+    def config(self):
+        return _operator_config(
+            "prelabel_segmentation", "Pre-label with open-vocabulary segmentation",
+            "Segment the target samples with a training-free open-vocabulary method "
+            "(SCLIP, ClearCLIP, NACLIP, ...) and your vocabulary")
+
+    def resolve_execution_options(self, ctx):
+        return _execution_options(ctx, DELEGATE_ABOVE)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        ctx.target_view()  # offers dataset / current view / selected samples
+        params = ctx.params
+        ds = ctx.dataset
+        core = _core()
+
+        # -- method -------------------------------------------------------------------------
+        methods = core.list_methods()
+        forms.add_choice(inputs, "method", methods, default="sclip" if "sclip" in methods
+                         else methods[0], label="Method",
+                         description="Training-free OVSS method")
+        method = params.get("method") or ("sclip" if "sclip" in methods else methods[0])
+        if _addons_supported(method):
+            for a in _ADDONS:
+                inputs.bool(f"addon_{a}", default=False, label=f"LHT add-on: {a.upper()}",
+                            view=types.CheckboxView())
+        full = _full_method(params)
+        info = _method_info(full)
+        if info.get("options"):
+            inputs.view("options_header", types.Header(label=f"{full} options", divider=True))
+            forms.add_method_options(inputs, info["options"])
+
+        _add_backbone(inputs)
+        _add_vocabulary(inputs, ds, params)
+        _add_settings(inputs)
+
+        # -- output -------------------------------------------------------------------------
+        inputs.view("output_header", types.Header(label="Output", divider=True))
+        default_field = f"ovss_{method}"
+        inputs.str("label_field", default=default_field, required=True, label="Output field")
+        field = params.get("label_field") or default_field
+        _check_output_fields(inputs, ds, [field], "label_field")
+        _add_resume_and_mask_folder(inputs, ds)
+        inputs.bool("confidence", default=False, label="Also store the per-pixel confidence "
+                    "as a heatmap field", view=types.CheckboxView())
+        if params.get("confidence"):
+            inputs.str("confidence_field", default=f"{field}_confidence", required=True,
+                       label="Confidence field")
+        _add_delegate_note(inputs, ctx)
+        return types.Property(inputs, view=types.View(label="Pre-label with open-vocabulary "
+                                                             "segmentation"))
+
+    def execute(self, ctx):
+        from tfovss_fiftyone.prelabel import PrelabelInputError, prelabel
+
+        import tfovss_core as tc
+
+        p = ctx.params
+        view = ctx.target_view()
+        full = _full_method(p)
+        info = _method_info(full)
+        classes, vocab_src = _read_vocabulary(ctx)
+        field = p.get("label_field")
+        conf_field = (p.get("confidence_field") or f"{field}_confidence") \
+            if p.get("confidence") else None
+        try:
+            report = prelabel(
+                view, field, classes=classes, method=full,
+                method_options=forms.read_method_options(p, info.get("options", [])),
+                confidence_field=conf_field, progress=forms.Progress(ctx),
+                vocabulary_source=vocab_src, **_run_params(p))
+        except (PrelabelInputError, tc.TfovssError) as e:
+            _fail(f"Pre-label not started: {e}")
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        out = report.to_dict()
+        out["failures"] = [f"{f['filepath']}: {f['error']}" for f in report.failures]
+        return out
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("field", label="Field")
+        outputs.int("num_labelled", label="Samples labelled")
+        outputs.int("num_skipped", label="Skipped (already labelled, same settings)")
+        outputs.int("num_failed", label="Failed")
+        outputs.list("failures", types.String(), label="Failures")
+        outputs.str("mask_dir", label="Mask folder")
+        outputs.str("settings_hash", label="Settings hash")
+        return types.Property(outputs, view=types.View(label="Pre-label finished"))
+
+
+class EvaluateSegmentations(foo.Operator):
+    @property
+    def config(self):
+        return _operator_config(
+            "evaluate_segmentations", "Evaluate segmentations (mIoU)",
+            "MMSeg-exact mIoU, per-class IoU/accuracy, pixel accuracy, per-sample mIoU and a "
+            "confusion matrix, stored as a FiftyOne evaluation")
+
+    def resolve_execution_options(self, ctx):
+        return _execution_options(ctx, 500)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        ctx.target_view()
+        ds = ctx.dataset
+        params = ctx.params
+        fields = forms.segmentation_fields(ds)
+        if len(fields) < 2:
+            forms.error(inputs, "no_fields", "This evaluation needs two Segmentation fields "
+                        "(predictions and ground truth); the dataset has "
+                        f"{len(fields)}: {fields}")
+            return types.Property(inputs, view=types.View(label="Evaluate segmentations"))
+        gt_guess = next((f for f in fields if "ground" in f or f in ("gt", "labels")),
+                        fields[0])
+        pred_guess = next((f for f in fields if f != gt_guess), fields[0])
+        forms.add_choice(inputs, "pred_field", fields, default=pred_guess,
+                         label="Predictions")
+        forms.add_choice(inputs, "gt_field", fields, default=gt_guess, label="Ground truth")
+        pred = params.get("pred_field") or pred_guess
+        gt = params.get("gt_field") or gt_guess
+        if pred == gt:
+            forms.invalid(inputs, "gt_field", "choose two different fields")
+        key_default = f"eval_{pred}"
+        inputs.str("eval_key", default=key_default, required=True, label="Evaluation key")
+        key = params.get("eval_key") or key_default
+        if ds is not None and key in ds.list_evaluations():
+            forms.warning(inputs, "key_exists", f"Evaluation '{key}' exists.")
+            inputs.bool("overwrite", default=False, label="Replace it",
+                        view=types.CheckboxView())
+        _add_eval_protocol(inputs)
+        inputs.str("classes", default=None, required=False, label="Classes (optional)",
+                   description="Comma-separated subset of the ground truth's class names; "
+                               "empty: all classes of its mask_targets")
+        inputs.bool("compute_sample_miou", default=True, label="Write per-sample mIoU "
+                    "(<key>_miou) to sort the worst samples", view=types.CheckboxView())
+        if ds is not None and gt in fields:
+            from tfovss_fiftyone.evaluation import EvaluationInputError, resolve_classes
+            try:
+                table = resolve_classes(ds, gt, pred, None)
+                forms.notice(inputs, "classes_note",
+                             f"{len(table)} classes from mask_targets: " +
+                             ", ".join(list(table.values())[:12]) +
+                             (" ..." if len(table) > 12 else ""))
+            except EvaluationInputError as e:
+                forms.warning(inputs, "classes_warn", str(e))
+        return types.Property(inputs, view=types.View(label="Evaluate segmentations"))
+
+    def execute(self, ctx):
+        from tfovss_fiftyone.evaluation import EvaluationInputError, run_evaluation
+
+        p = ctx.params
+        view = ctx.target_view()
+        classes = p.get("classes")
+        if classes:
+            classes = [c.strip() for c in str(classes).split(",") if c.strip()]
+        else:
+            classes = None
+        try:
+            res = run_evaluation(
+                view, p.get("pred_field"), p.get("gt_field"), p.get("eval_key"),
+                classes=classes, ignore_index=int(p.get("ignore_index", 255)),
+                background=p.get("background") or "class",
+                compute_sample_miou=p.get("compute_sample_miou", True) is not False,
+                overwrite=bool(p.get("overwrite")), progress=forms.Progress(ctx))
+        except EvaluationInputError as e:
+            _fail(f"Evaluation not run: {e}")
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        s = res.metrics_summary
+        return {
+            "eval_key": p.get("eval_key"),
+            "mIoU": _pct(s.get("mIoU")), "mAcc": _pct(s.get("mAcc")),
+            "aAcc": _pct(s.get("aAcc")),
+            "num_evaluated": s.get("num_evaluated"),
+            "per_class": [f"{c['name']}: IoU {_pct(c['iou'])}, Acc {_pct(c['acc'])}"
+                          for c in res.per_class()],
+        }
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("eval_key", label="Evaluation key")
+        outputs.float("mIoU", label="mIoU (%)")
+        outputs.float("aAcc", label="Pixel accuracy aAcc (%)")
+        outputs.float("mAcc", label="Mean class accuracy mAcc (%)")
+        outputs.int("num_evaluated", label="Samples evaluated")
+        outputs.list("per_class", types.String(), label="Per class")
+        return types.Property(outputs, view=types.View(label="Evaluation finished"))
+
+
+class CompareMethods(foo.Operator):
+    @property
+    def config(self):
+        return _operator_config(
+            "compare_ovss_methods", "Compare OVSS methods",
+            "Pre-label several methods in one pass on a shared CLIP trunk (each field identical "
+            "to that method run alone) and evaluate each against the ground truth")
+
+    def resolve_execution_options(self, ctx):
+        return _execution_options(ctx, DELEGATE_ABOVE)
+
+    def resolve_input(self, ctx):
+        from tfovss_fiftyone.compare import method_field
+
+        inputs = types.Object()
+        ctx.target_view()
+        params = ctx.params
+        ds = ctx.dataset
+
+        # -- methods ------------------------------------------------------------------------
+        methods = _core().list_methods()
+        default = [m for m in COMPARE_DEFAULT if m in methods] or methods[:2]
+        forms.add_multi_choice(
+            inputs, "methods", methods, default=default, label="Methods",
+            description="Methods that see the same windows share the frozen CLIP blocks "
+                        "(computed once per batch of windows); each keeps its default options")
+        chosen = _chosen_methods(params, default)
+        if not chosen:
+            forms.invalid(inputs, "methods", "Pick at least one method")
+
+        _add_backbone(inputs)
+        _add_vocabulary(inputs, ds, params)
+        _add_settings(inputs)
+        if params.get("vocab_source") == "preset":
+            forms.notice(inputs, "trunk_note", "With a preset each method gets its official "
+                         "window settings; methods whose windows differ do not share the "
+                         "trunk. Set short side, window size and stride to share it.")
+
+        # -- output -------------------------------------------------------------------------
+        inputs.view("output_header", types.Header(label="Output", divider=True))
+        inputs.str("field_prefix", default="ovss_", required=False, label="Field prefix",
+                   description="Each method writes the field <prefix><method>")
+        fields = [method_field(params.get("field_prefix") or "ovss_", m) for m in chosen]
+        if fields:
+            forms.notice(inputs, "fields_note", "Fields: " + ", ".join(fields))
+        _check_output_fields(inputs, ds, fields, "field_prefix")
+        _add_resume_and_mask_folder(inputs, ds)
+
+        # -- evaluation ---------------------------------------------------------------------
+        inputs.view("eval_header", types.Header(label="Evaluation", divider=True))
+        gts = [f for f in forms.segmentation_fields(ds) if f not in fields]
+        gt_guess = next((f for f in gts if "ground" in f or f in ("gt", "labels")), _NO_GT)
+        forms.add_choice(inputs, "gt_field", [_NO_GT] + gts, default=gt_guess,
+                         label="Ground truth (optional)",
+                         description="Evaluate every method's field against it (mIoU); the "
+                                     "OVSS evaluations panel then compares them")
+        if _gt_param(params.get("gt_field", gt_guess)):
+            inputs.str("eval_prefix", default="eval_", required=False,
+                       label="Evaluation key prefix", description="Keys are <prefix><field>")
+            keys = [(params.get("eval_prefix") or "eval_") + f for f in fields]
+            existing = [k for k in keys if ds is not None and k in ds.list_evaluations()]
+            if existing:
+                forms.warning(inputs, "evals_exist", "Evaluations " + ", ".join(existing) +
+                              " exist.")
+                inputs.bool("overwrite_evaluations", default=False, label="Replace them",
+                            view=types.CheckboxView())
+            _add_eval_protocol(inputs)
+        _add_delegate_note(inputs, ctx)
+        return types.Property(inputs, view=types.View(label="Compare OVSS methods"))
+
+    def execute(self, ctx):
+        from tfovss_fiftyone.compare import compare_methods
+        from tfovss_fiftyone.evaluation import EvaluationInputError
+        from tfovss_fiftyone.prelabel import PrelabelInputError
+
+        import tfovss_core as tc
+
+        p = ctx.params
+        classes, vocab_src = _read_vocabulary(ctx)
+        gt = _gt_param(p.get("gt_field"))
+        try:
+            out = compare_methods(
+                ctx.target_view(), _chosen_methods(p, []), classes=classes,
+                field_prefix=p.get("field_prefix") or "ovss_", gt_field=gt,
+                eval_prefix=p.get("eval_prefix") or "eval_",
+                background=p.get("background") or "class",
+                ignore_index=int(p.get("ignore_index", 255)),
+                overwrite_evaluations=bool(p.get("overwrite_evaluations")),
+                progress=forms.Progress(ctx), vocabulary_source=vocab_src, **_run_params(p))
+        except (PrelabelInputError, EvaluationInputError, tc.TfovssError) as e:
+            _fail(f"Comparison not started: {e}")
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        rows = [{**r, "mIoU": _pct(r["mIoU"]), "mAcc": _pct(r["mAcc"]), "aAcc": _pct(r["aAcc"])}
+                for r in out.rows()]
+        summary = []
+        for r in rows:
+            done = f"{r['num_labelled']} labelled, {r['num_skipped']} skipped, " \
+                   f"{r['num_failed']} failed"
+            if r["error"]:
+                done += f"; not evaluated: {r['error']}"
+            elif r["eval_key"]:
+                done = f"mIoU {r['mIoU']} % ({r['eval_key']}); " + done
+            summary.append(f"{r['method']} -> {r['field']}: {done}")
+        return {"per_method": rows, "summary": summary, "gt_field": gt,
+                "trunk_runs": out.prelabel.trunk_runs,
+                "failures": [f"{f['filepath']}: {f['error']}" for f in out.prelabel.failures]}
+
+    def resolve_output(self, ctx):
+        # the per-method sentences ("summary") stay in the result for Python callers: the App
+        # shows lists of strings as one-line chips, which cut long evaluation errors short
+        outputs = types.Object()
+        table = types.TableView()
+        for col, label in (("method", "Method"), ("field", "Field"), ("mIoU", "mIoU %"),
+                           ("aAcc", "aAcc %"), ("mAcc", "mAcc %"), ("eval_key", "Eval key"),
+                           ("num_labelled", "Labelled"), ("num_skipped", "Skipped"),
+                           ("num_failed", "Failed")):
+            table.add_column(col, label=label)
+        outputs.list("per_method", types.Object(), view=table, label="Methods")
+        results = ctx.results or {}
+        for n, row in enumerate(results.get("per_method") or []):
+            if row.get("error"):
+                forms.warning(outputs, f"not_evaluated_{n}", f"{row['method']} "
+                              f"({row['field']}) not evaluated: {row['error']}")
+        outputs.int("trunk_runs", label="Shared trunk passes (batches of windows)")
+        if results.get("failures"):
+            outputs.list("failures", types.String(), label="Failures")
+        return types.Property(outputs, view=types.View(label="Comparison finished"))
+
+
+def _chosen_methods(params, default) -> list[str]:
+    """The ``methods`` parameter: a list, or a comma-separated string from Python callers."""
+    value = params.get("methods", default)
+    if isinstance(value, str):
+        value = value.split(",")
+    return [str(m).strip() for m in (value or []) if str(m).strip()]
+
+
+def _gt_param(value):
+    return None if value in (None, "", _NO_GT) else value
+
+
+def _pct(v):
+    import math
+
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return round(100.0 * float(v), 2)
+
+
+class ExportCocoMasks(foo.Operator):
+    @property
+    def config(self):
+        return _operator_config(
+            "export_coco_masks", "Export COCO masks",
+            "Write a Segmentation field as COCO annotations (compressed RLE or polygons) with "
+            "pycocotools")
+
+    def resolve_input(self, ctx):
+        import os
+
+        import fiftyone as fo
+
+        inputs = types.Object()
+        ctx.target_view()
+        ds = ctx.dataset
+        params = ctx.params
+        fields = forms.segmentation_fields(ds)
+        if not fields:
+            forms.error(inputs, "no_fields", "The dataset has no Segmentation field to export")
+            return types.Property(inputs, view=types.View(label="Export COCO masks"))
+        forms.add_choice(inputs, "label_field", fields, default=fields[0], label="Field")
+        field = params.get("label_field") or fields[0]
+        default_path = os.path.join(fo.config.default_dataset_dir, "tfovss_export",
+                                    ds.name, f"{field}_coco.json")
+        inputs.str("labels_path", default=default_path, required=True, label="COCO JSON path")
+        forms.add_choice(inputs, "encoding", ["rle", "polygon"], default="rle",
+                         label="Encoding", radio=True,
+                         labels={"rle": "Compressed RLE (exact)",
+                                 "polygon": "Polygons (pixel-edge outlines, exact unless "
+                                            "simplified)"})
+        if params.get("encoding") == "polygon":
+            inputs.float("tolerance", default=0.0, min=0.0, label="Simplification tolerance "
+                         "(px, 0 = exact)")
+        forms.add_choice(inputs, "split", ["class", "component"], default="class",
+                         label="Annotations", radio=True,
+                         labels={"class": "One per class per image",
+                                 "component": "One per connected region"})
+        inputs.bool("include_background", default=False, label="Export value 0 (background) "
+                    "as a category too", view=types.CheckboxView())
+        path = params.get("labels_path") or default_path
+        if os.path.exists(path):
+            forms.warning(inputs, "path_exists", f"'{path}' exists.")
+            inputs.bool("overwrite", default=False, label="Overwrite it",
+                        view=types.CheckboxView())
+        mt = (ds.mask_targets or {}).get(field) or ds.default_mask_targets
+        if not mt:
+            forms.error(inputs, "no_targets", f"'{field}' has no mask_targets: set its class "
+                        "names first")
+        return types.Property(inputs, view=types.View(label="Export COCO masks"))
+
+    def execute(self, ctx):
+        from tfovss_fiftyone.export import ExportInputError, export_coco_masks
+
+        p = ctx.params
+        try:
+            out = export_coco_masks(
+                ctx.target_view(), p.get("label_field"), forms.path_param(p.get("labels_path")),
+                encoding=p.get("encoding") or "rle", split=p.get("split") or "class",
+                include_background=bool(p.get("include_background")),
+                tolerance=float(p.get("tolerance") or 0.0),
+                overwrite=bool(p.get("overwrite")), progress=forms.Progress(ctx))
+        except ExportInputError as e:
+            _fail(f"Export not written: {e}")
+        return out
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("labels_path", label="Written")
+        outputs.int("num_images", label="Images")
+        outputs.int("num_annotations", label="Annotations")
+        outputs.int("num_categories", label="Categories")
+        return types.Property(outputs, view=types.View(label="COCO export finished"))

@@ -1,0 +1,606 @@
+"""Pre-labelling a FiftyOne collection with open-vocabulary segmentation (the SDK behind the
+"Pre-label with open-vocabulary segmentation" operator).
+
+    from tfovss_fiftyone.prelabel import prelabel
+    report = prelabel(dataset.take(50), "ovss", method="sclip", arch="ViT-B-16",
+                      pretrained="openai", classes="background\\ncat, kitten\\ndog",
+                      output_dir="/data/masks", confidence_field="ovss_confidence")
+
+* Masks are written as PNG files (``mask_path``) under ``output_dir/<field>/``, named
+  ``<sample id>_<settings hash>.png``; existing files are never replaced, except those the same
+  settings wrote in an interrupted run (same name, same content).
+* The field's ``mask_targets`` are set; every label carries ``tfovss_hash`` (the settings hash)
+  and ``mean_confidence`` (mean top-class probability: sort by it to review uncertain samples).
+* Resumable: samples already labelled with the same settings hash are skipped (unless
+  ``skip_labelled=False``). A field that exists with other labels is only replaced with
+  ``overwrite=True``.
+* A sample that fails (unreadable image, ...) is listed in the report; the run goes on.
+* The run's settings are stored on the dataset (``dataset.get_run_info("tfovss_prelabel_<field>")``)
+  and shown by the "OVSS evaluations" panel.
+
+Several methods in one pass (the "Compare OVSS methods" operator), sharing the frozen CLIP trunk
+through :class:`tfovss_core.MultiSegmenter`; each field is exactly what :func:`prelabel` writes
+for its method alone, under the same rules::
+
+    from tfovss_fiftyone.prelabel import prelabel_many
+    many = prelabel_many(dataset, {"sclip": "ovss_sclip", "clearclip": "ovss_clearclip"},
+                         classes="voc21", settings={"short_side": 336, "crop": 224, "stride": 112})
+    many.reports["ovss_sclip"].num_labelled, many.failures, many.trunk_runs
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+RUN_PREFIX = "tfovss_prelabel_"
+HASH_ATTR = "tfovss_hash"
+_FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_VALUE_RE = re.compile(r"^\s*(\d+)\s*:\s*(.*)$")
+
+
+class PrelabelInputError(ValueError):
+    """Bad pre-label input; raised before anything is written."""
+
+
+# ---------------------------------------------------------------------------------------------
+# vocabulary
+# ---------------------------------------------------------------------------------------------
+
+def parse_vocabulary(text: str) -> list[tuple[int, list[str]]]:
+    """``[(value, [name, synonym, ...]), ...]`` from free text.
+
+    One class per line, synonyms separated by commas; the first name is the display name. A line
+    may start with ``<value>:`` to give the mask value explicitly (then every line must); else
+    the value is the line's index. Blank lines and lines starting with ``#`` are ignored. The first
+    class gets the pixels under the background threshold, so it is usually ``background``.
+    """
+    rows = []
+    for raw in str(text or "").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _VALUE_RE.match(line)
+        value = int(m.group(1)) if m else None
+        rest = m.group(2) if m else line
+        names = [n.strip() for n in rest.split(",") if n.strip()]
+        if not names:
+            raise PrelabelInputError(f"vocabulary line {raw!r} has no class name")
+        rows.append((value, names))
+    if not rows:
+        raise PrelabelInputError("the vocabulary is empty: give one class per line")
+    explicit = [v is not None for v, _ in rows]
+    if any(explicit) and not all(explicit):
+        raise PrelabelInputError("give a '<value>:' prefix on every vocabulary line or on none")
+    if not any(explicit):
+        rows = [(i, names) for i, (_, names) in enumerate(rows)]
+    values = [v for v, _ in rows]
+    if len(set(values)) != len(values):
+        dup = sorted({v for v in values if values.count(v) > 1})
+        raise PrelabelInputError(f"vocabulary values {dup} are used twice")
+    if max(values) > 65535:
+        raise PrelabelInputError("vocabulary values must be <= 65535")
+    names = [n[0].lower() for _, n in rows]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise PrelabelInputError(f"class names {dup} appear on several lines; put synonyms on one "
+                                 "line, separated by commas")
+    return rows
+
+
+def vocabulary_from_mask_targets(targets: Mapping) -> list[tuple[int, list[str]]]:
+    rows = []
+    for k, v in sorted(((int(k), v) for k, v in targets.items())):
+        rows.append((k, [str(v)]))
+    if not rows:
+        raise PrelabelInputError("the mask_targets are empty")
+    return rows
+
+
+def vocabulary_to_text(rows: Sequence[tuple[int, Sequence[str]]]) -> str:
+    """Inverse of :func:`parse_vocabulary` (explicit values unless they are 0..n-1)."""
+    implicit = [v for v, _ in rows] == list(range(len(rows)))
+    lines = []
+    for v, names in rows:
+        body = ", ".join(names)
+        lines.append(body if implicit else f"{v}: {body}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# report, run info
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class PrelabelReport:
+    field: str
+    settings_hash: str
+    num_targeted: int = 0
+    num_labelled: int = 0
+    num_skipped: int = 0
+    num_failed: int = 0
+    failures: list = field(default_factory=list)   # [{"sample_id", "filepath", "error"}]
+    mask_dir: str = ""
+    confidence_field: str | None = None
+    mask_targets: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    synthetic: bool = False
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mask_targets"] = {str(k): v for k, v in self.mask_targets.items()}
+        return d
+
+
+@dataclass
+class MultiPrelabelReport:
+    """What :func:`prelabel_many` did: one :class:`PrelabelReport` per field, in the order given."""
+    reports: dict                                    # {field: PrelabelReport}
+    methods: dict                                    # {field: method}
+    trunk_runs: int = 0      # batches of windows whose frozen blocks were computed (all methods)
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> list:
+        """Every failed sample once: ``[{"sample_id", "filepath", "error", "fields"}]``."""
+        out: dict = {}
+        for f, r in self.reports.items():
+            for x in r.failures:
+                out.setdefault(x["sample_id"], {**x, "fields": []})["fields"].append(f)
+        return list(out.values())
+
+    def to_dict(self) -> dict:
+        return {"reports": {f: r.to_dict() for f, r in self.reports.items()},
+                "methods": dict(self.methods), "trunk_runs": self.trunk_runs,
+                "seconds": self.seconds, "failures": self.failures}
+
+
+def run_key_for(field: str) -> str:
+    return RUN_PREFIX + field
+
+
+def prelabel_run_info(dataset, field: str) -> dict | None:
+    """The stored settings of the pre-label run that wrote ``field`` (or None)."""
+    key = run_key_for(field)
+    try:
+        if key not in dataset.list_runs():
+            return None
+        cfg = dataset.get_run_info(key).config
+    except Exception:
+        return None
+    d = cfg.serialize() if hasattr(cfg, "serialize") else dict(vars(cfg))
+    return {k: v for k, v in d.items() if k not in ("cls", "type", "method")} | {
+        "method": getattr(cfg, "ovss_method", None) or d.get("ovss_method")}
+
+
+def list_prelabel_runs(dataset) -> dict[str, dict]:
+    out = {}
+    for key in dataset.list_runs():
+        if key.startswith(RUN_PREFIX):
+            info = prelabel_run_info(dataset, key[len(RUN_PREFIX):])
+            if info is not None:
+                out[key[len(RUN_PREFIX):]] = info
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------
+
+def settings_hash(description: Mapping, values: Sequence[int]) -> str:
+    d = json.loads(json.dumps(description, default=str))
+    model = d.get("model")
+    if isinstance(model, dict):
+        model.pop("device", None)
+    blob = json.dumps({"segmenter": d, "values": list(values)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_output_dir(dataset) -> str:
+    import fiftyone as fo
+
+    return os.path.join(fo.config.default_dataset_dir, "tfovss_masks", dataset.name)
+
+
+def _check_output_field(samples, label_field: str, what: str, kinds: tuple):
+    if not label_field or not _FIELD_RE.match(label_field):
+        raise PrelabelInputError(
+            f"{what} field name {label_field!r} must start with a letter and contain only "
+            "letters, digits and _")
+    schema = samples._dataset.get_field_schema()
+    if label_field in schema:
+        f = schema[label_field]
+        doc_type = getattr(f, "document_type", None)
+        if doc_type is None or not issubclass(doc_type, kinds):
+            raise PrelabelInputError(
+                f"field '{label_field}' already exists and holds "
+                f"{getattr(doc_type, '__name__', type(f).__name__)}, not "
+                f"{kinds[0].__name__}; choose another {what} field name")
+        return True
+    return False
+
+
+def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
+             method_options: Mapping | None = None, arch: str = "ViT-B-16",
+             pretrained="openai", model=None, settings: Mapping | None = None,
+             device=None, batch_size: int = 8, output_dir: str | None = None,
+             overwrite: bool = False, skip_labelled: bool = True,
+             confidence_field: str | None = None,
+             progress: Callable[[int, int, str], None] | None = None,
+             vocabulary_source: str | None = None) -> PrelabelReport:
+    """Segments every sample of ``samples`` into ``label_field`` (see the module docstring).
+
+    Args:
+        samples: a dataset or view (image samples)
+        label_field: output ``fo.Segmentation`` field
+        classes: a preset name (``"voc21"``...), a ``{value: name}`` dict (e.g. a field's
+            ``mask_targets``), a list of names or synonym lists, or free text (one class per
+            line, synonyms comma-separated, optional ``value:`` prefixes)
+        method: a name from ``tfovss_core.list_methods()`` (LHT add-ons as ``"sclip+lht"``)
+        method_options: the method's options (``tfovss_core.describe_method(method)``)
+        arch, pretrained: backbone and pretrained tag / local checkpoint path
+        model: an already loaded ``tfovss_core`` CLIP (overrides ``arch``/``pretrained``)
+        settings: driver settings (``short_side``, ``crop``, ``stride``, ``logit_scale``,
+            ``prob_thd`` (background threshold), ``area_thd``, ``pamr_steps``, ``templates``)
+        device: ``None``/``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        batch_size: samples per write batch (and CLIP windows per forward pass)
+        output_dir: folder of the mask PNGs (default: under FiftyOne's dataset dir)
+        overwrite: replace labels of ``label_field`` made otherwise (other settings, other tools)
+        skip_labelled: skip samples already labelled with the same settings hash
+        confidence_field: also write the top-class probability as a ``fo.Heatmap`` field
+        progress: ``progress(done, total, label)`` after each batch
+
+    Returns:
+        a :class:`PrelabelReport`
+
+    Raises:
+        PrelabelInputError / tfovss_core.ConfigError / WeightsError: before anything is written
+    """
+    plan = _FieldPlan(label_field, method, _options(method_options), confidence_field or None)
+    _run([plan], samples, shared_trunk=False, classes=classes, arch=arch,
+         pretrained=pretrained, model=model, settings=settings, device=device,
+         batch_size=batch_size, output_dir=output_dir, overwrite=overwrite,
+         skip_labelled=skip_labelled, progress=progress, vocabulary_source=vocabulary_source)
+    return plan.report
+
+
+def prelabel_many(samples, fields_by_method: Mapping[str, str], *, classes,
+                  method_options: Mapping[str, Mapping] | None = None,
+                  arch: str = "ViT-B-16", pretrained="openai", model=None,
+                  settings: Mapping | None = None, device=None, batch_size: int = 8,
+                  output_dir: str | None = None, overwrite: bool = False,
+                  skip_labelled: bool = True, confidence_suffix: str | None = None,
+                  progress: Callable[[int, int, str], None] | None = None,
+                  vocabulary_source: str | None = None) -> MultiPrelabelReport:
+    """Several methods in one pass: ``{method: field}``, one ``fo.Segmentation`` field each.
+
+    The methods run through one :class:`tfovss_core.MultiSegmenter`, which computes the frozen
+    CLIP blocks once per batch of windows for every group of methods that see the same windows
+    (with a preset, each method's official settings apply, so methods with different window
+    protocols form separate groups: pass ``short_side``/``crop``/``stride`` to share one trunk).
+    Each field's masks, settings hash and mask files are exactly those that :func:`prelabel`
+    writes for that method alone with the same arguments, so the two resume each other's runs;
+    its run info is the same too, plus ``shared_trunk`` and ``run_with`` (the pass's fields).
+    Same rules per field as :func:`prelabel` (no overwrite unless asked, resume by settings hash,
+    failures listed per field), all checked before anything is written.
+
+    Args:
+        fields_by_method: ``{"sclip": "ovss_sclip", "clearclip": "ovss_clearclip", ...}``
+            (method names as for :func:`prelabel`, add-ons included)
+        method_options: ``{method: {option: value}}`` for the methods that need them
+        confidence_suffix: also write each field's confidence heatmap to ``<field><suffix>``
+        others: as for :func:`prelabel` (shared by every method)
+
+    Returns:
+        a :class:`MultiPrelabelReport` (one :class:`PrelabelReport` per field)
+    """
+    if not fields_by_method:
+        raise PrelabelInputError("no methods given: pass {method: output field, ...}")
+    opts = dict(method_options or {})
+    unknown = sorted(set(opts) - set(fields_by_method))
+    if unknown:
+        raise PrelabelInputError(f"method_options given for {unknown}, which are not run")
+    plans = [_FieldPlan(str(field), str(method), _options(opts.get(method)),
+                        f"{field}{confidence_suffix}" if confidence_suffix else None)
+             for method, field in fields_by_method.items()]
+    return _run(plans, samples, shared_trunk=True, classes=classes, arch=arch,
+                pretrained=pretrained, model=model, settings=settings, device=device,
+                batch_size=batch_size, output_dir=output_dir, overwrite=overwrite,
+                skip_labelled=skip_labelled, progress=progress,
+                vocabulary_source=vocabulary_source)
+
+
+def _options(method_options: Mapping | None) -> dict:
+    return {k: v for k, v in (method_options or {}).items() if v is not None}
+
+
+@dataclass
+class _FieldPlan:
+    """One output field of a run: what is asked, then what :func:`_run` resolves for it."""
+    field: str
+    method: str
+    options: dict
+    confidence_field: str | None
+    exists: bool = False
+    conf_exists: bool = False
+    rows: list = field(default_factory=list)
+    description: dict = field(default_factory=dict)
+    hash: str = ""
+    lut: np.ndarray | None = None
+    out_dtype: type = np.uint8
+    to_skip: set = field(default_factory=set)
+    mask_dir: str = ""
+    run_extra: dict = field(default_factory=dict)
+    report: PrelabelReport | None = None
+
+
+def _resolve_classes(classes, tc):
+    """``(preset name, None)`` or ``(None, [(value, [name, synonym, ...]), ...])``."""
+    if isinstance(classes, str) and "\n" not in classes and "," not in classes \
+            and classes.strip() in tc.presets.list_presets():
+        return classes.strip(), None
+    if isinstance(classes, Mapping):
+        return None, vocabulary_from_mask_targets(classes)
+    if isinstance(classes, str):
+        return None, parse_vocabulary(classes)
+    if classes:
+        return None, [(i, [c] if isinstance(c, str) else [str(s) for s in c])
+                      for i, c in enumerate(classes)]
+    raise PrelabelInputError("no vocabulary: give a preset, mask_targets or class names")
+
+
+def _check_fields(samples, plans: Sequence[_FieldPlan]) -> None:
+    import fiftyone as fo
+
+    for p in plans:
+        p.exists = _check_output_field(samples, p.field, "output", (fo.Segmentation,))
+        if p.confidence_field:
+            if p.confidence_field == p.field:
+                raise PrelabelInputError("the confidence field must differ from the output field")
+            p.conf_exists = _check_output_field(samples, p.confidence_field, "confidence",
+                                                (fo.Heatmap,))
+    names = [p.field for p in plans] + [p.confidence_field for p in plans if p.confidence_field]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise PrelabelInputError(f"field names {dup} are used twice in one run")
+
+
+def _resolve_plan(p: _FieldPlan, seg, model, rows, preset_name) -> None:
+    """Vocabulary values, settings description and hash of ``p`` from its Segmenter."""
+    p.rows = [(i, [n]) for i, n in enumerate(seg.class_names)] if preset_name else rows
+    values = [v for v, _ in p.rows]
+    p.description = seg.describe()
+    try:
+        p.description["weights_digest"] = model.weights_digest[:16]
+    except Exception:
+        pass
+    p.hash = settings_hash(p.description, values)
+    p.lut = np.asarray(values, dtype=np.int64)
+    p.out_dtype = np.uint8 if max(values) <= 255 else np.uint16
+
+
+def _apply_resume_rules(view, p: _FieldPlan, n_total: int, overwrite: bool,
+                        skip_labelled: bool) -> None:
+    if p.exists:
+        labelled = set(view.exists(p.field).values("id"))
+        try:
+            pairs = zip(view.values("id"), view.values(f"{p.field}.{HASH_ATTR}"))
+            same = {i for i, hv in pairs if hv == p.hash and i in labelled}
+        except Exception:  # attribute never written
+            same = set()
+        other = len(labelled - same)
+        if other and not overwrite:
+            raise PrelabelInputError(
+                f"field '{p.field}' already holds labels made with other settings (or by "
+                f"another tool) on {other} of the {n_total} targeted samples; choose another "
+                "field name or allow overwriting")
+        if skip_labelled:
+            p.to_skip = same
+    if p.conf_exists and not overwrite and not p.exists:
+        raise PrelabelInputError(f"confidence field '{p.confidence_field}' already exists; "
+                                 "choose another name or allow overwriting")
+
+
+def _writable_mask_dir(out_root: str, label_field: str) -> str:
+    mask_dir = os.path.join(out_root, label_field)
+    try:
+        os.makedirs(mask_dir, exist_ok=True)
+        probe = os.path.join(mask_dir, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise PrelabelInputError(f"cannot write masks to '{mask_dir}': {e}") from None
+    return mask_dir
+
+
+def _declare_fields(dataset, plans: Sequence[_FieldPlan]) -> None:
+    """The first writes: fields and their mask_targets."""
+    import fiftyone as fo
+    import fiftyone.core.fields as fof
+
+    mt = dict(dataset.mask_targets or {})
+    for p in plans:
+        if not p.exists:
+            dataset.add_sample_field(p.field, fof.EmbeddedDocumentField,
+                                     embedded_doc_type=fo.Segmentation)
+        if p.confidence_field and not p.conf_exists:
+            dataset.add_sample_field(p.confidence_field, fof.EmbeddedDocumentField,
+                                     embedded_doc_type=fo.Heatmap)
+        mt[p.field] = {int(v): str(n[0]) for v, n in p.rows}
+    dataset.mask_targets = mt
+    dataset.save()
+
+
+def _labels_of(p: _FieldPlan, sid: str, res, synthetic: bool):
+    """Writes the mask (and confidence) PNGs of one result: ``(Segmentation, Heatmap or None)``."""
+    import fiftyone as fo
+
+    mask = p.lut[res.mask.astype(np.int64)].astype(p.out_dtype)
+    mpath = os.path.join(p.mask_dir, f"{sid}_{p.hash}.png")
+    _write_png(mask, mpath)
+    conf = res.probs.max(axis=0)
+    attrs = {HASH_ATTR: p.hash, "mean_confidence": float(conf.mean())}
+    if synthetic:
+        attrs["synthetic"] = True
+    heatmap = None
+    if p.confidence_field:
+        cpath = os.path.join(p.mask_dir, f"{sid}_{p.hash}_confidence.png")
+        _write_png(np.clip(np.rint(conf * 255), 0, 255).astype(np.uint8), cpath)
+        heatmap = fo.Heatmap(map_path=cpath, range=[0, 255])
+    return fo.Segmentation(mask_path=mpath, **attrs), heatmap
+
+
+def _failed(p: _FieldPlan, sid: str, path: str, e: Exception) -> None:
+    p.report.failures.append({"sample_id": sid, "filepath": path,
+                              "error": f"{type(e).__name__}: {e}"})
+    logger.warning("pre-label of '%s' failed on %s: %s", p.field, path, e)
+
+
+def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch, pretrained,
+         model, settings, device, batch_size, output_dir, overwrite, skip_labelled, progress,
+         vocabulary_source) -> MultiPrelabelReport:
+    """The run behind :func:`prelabel` (one plan, a Segmenter) and :func:`prelabel_many`
+    (several plans, one MultiSegmenter). Every check happens before the first write."""
+    import tfovss_core as tc
+
+    from tfovss_fiftyone.model import get_clip
+
+    t0 = time.time()
+    dataset = samples._dataset
+    if samples.media_type != "image":
+        raise PrelabelInputError(f"pre-labelling needs image samples, got {samples.media_type}")
+    _check_fields(samples, plans)
+    preset_name, rows = _resolve_classes(classes, tc)
+
+    # -- model + segmenters (may raise ConfigError / WeightsError: nothing written yet) -------
+    drv = {k: v for k, v in (settings or {}).items() if v is not None}
+    if batch_size:
+        drv.setdefault("batch_size", int(batch_size))
+    if model is None:
+        model = get_clip(arch, pretrained, device)
+    seg_classes = preset_name if preset_name else [names for _, names in rows]
+    specs = [(p.field, p.method, p.options) for p in plans]
+    if shared_trunk:
+        runners = {frozenset(p.field for p in plans):
+                   tc.MultiSegmenter(model, specs, classes=seg_classes, **drv)}
+        segs = next(iter(runners.values())).segmenters
+
+        def predict(path, fields):
+            key = frozenset(fields)  # a resumed run may need only some methods on a sample
+            if key not in runners:
+                runners[key] = tc.MultiSegmenter(model, [s for s in specs if s[0] in key],
+                                                 classes=seg_classes, **drv)
+            return runners[key].predict(path)
+    else:
+        (p0,) = plans
+        seg0 = tc.Segmenter(model, method=p0.method, classes=seg_classes, **p0.options, **drv)
+        segs, runners = {p0.field: seg0}, {}
+
+        def predict(path, fields):
+            return {p0.field: seg0.predict(path)}
+    for p in plans:
+        _resolve_plan(p, segs[p.field], model, rows, preset_name)
+    synthetic = str(getattr(model, "arch", "")).startswith("tiny")
+
+    # -- existing labels: resume / overwrite rules -------------------------------------------
+    view = samples
+    n_total = len(view)
+    for p in plans:
+        _apply_resume_rules(view, p, n_total, overwrite, skip_labelled)
+    out_root = os.path.abspath(output_dir or default_output_dir(dataset))
+    for p in plans:
+        p.mask_dir = _writable_mask_dir(out_root, p.field)
+
+    # -- declare fields and run info (first writes) ------------------------------------------
+    _declare_fields(dataset, plans)
+    run_args = dict(preset=preset_name, source=vocabulary_source,
+                    arch=getattr(model, "arch", arch),
+                    pretrained=getattr(model, "pretrained", pretrained))
+    for p in plans:
+        p.report = PrelabelReport(field=p.field, settings_hash=p.hash, num_targeted=n_total,
+                                  mask_dir=p.mask_dir, confidence_field=p.confidence_field,
+                                  mask_targets=dict(dataset.mask_targets[p.field]),
+                                  synthetic=synthetic, num_skipped=len(p.to_skip))
+        if shared_trunk:
+            p.run_extra = {"shared_trunk": True, "run_with": [q.field for q in plans]}
+        _store_run(dataset, p, **run_args)
+
+    # -- label ----------------------------------------------------------------------------------
+    work = []
+    for sid, path in zip(view.values("id"), view.values("filepath")):
+        todo_here = [p for p in plans if sid not in p.to_skip]
+        if todo_here:
+            work.append((sid, path, todo_here))
+    todo = len(work)
+    done = 0
+    batch_n = max(1, int(batch_size or 1))
+    for start in range(0, todo, batch_n):
+        chunk = work[start:start + batch_n]
+        labels = {p.field: {} for p in plans}
+        heatmaps = {p.field: {} for p in plans}
+        for sid, path, needed in chunk:
+            try:
+                results = predict(path, [p.field for p in needed])
+            except Exception as e:  # per-sample failure: listed, the run goes on
+                for p in needed:
+                    _failed(p, sid, path, e)
+                continue
+            for p in needed:
+                try:
+                    labels[p.field][sid], hm = _labels_of(p, sid, results[p.field], synthetic)
+                    if hm is not None:
+                        heatmaps[p.field][sid] = hm
+                except Exception as e:
+                    _failed(p, sid, path, e)
+        for p in plans:
+            if labels[p.field]:
+                dataset.set_values(p.field, labels[p.field], key_field="id")
+                if heatmaps[p.field]:
+                    dataset.set_values(p.confidence_field, heatmaps[p.field], key_field="id")
+            p.report.num_labelled += len(labels[p.field])
+        done += len(chunk)
+        if progress is not None:
+            progress(done, todo, f"{done}/{todo} samples")
+    seconds = round(time.time() - t0, 3)
+    for p in plans:
+        p.report.num_failed = len(p.report.failures)
+        p.report.seconds = seconds
+        _store_run(dataset, p, **run_args)
+    trunk_runs = sum(r.trunk_runs for r in runners.values())
+    return MultiPrelabelReport(reports={p.field: p.report for p in plans},
+                               methods={p.field: p.method for p in plans},
+                               trunk_runs=trunk_runs, seconds=seconds)
+
+
+def _write_png(arr: np.ndarray, path: str) -> None:
+    from PIL import Image
+
+    tmp = path + ".tmp.png"
+    Image.fromarray(arr).save(tmp)
+    os.replace(tmp, path)
+
+
+def _store_run(dataset, p: _FieldPlan, *, preset, source, arch, pretrained):
+    import fiftyone.core.runs as fors
+
+    config = fors.RunConfig(
+        label_field=p.field, ovss_method=p.method, method_options=dict(p.options),
+        arch=str(arch), pretrained=str(pretrained) if not isinstance(pretrained, Mapping)
+        else "state dict", settings_hash=p.hash, preset=preset, vocabulary_source=source,
+        vocabulary=[[int(v), list(n)] for v, n in p.rows],
+        settings=json.loads(json.dumps(p.description.get("settings", {}), default=str)),
+        description=json.loads(json.dumps(p.description, default=str)),
+        mask_dir=p.mask_dir, confidence_field=p.confidence_field or None,
+        report={k: v for k, v in p.report.to_dict().items() if k != "mask_targets"},
+        **p.run_extra)
+    dataset.register_run(run_key_for(p.field), config, overwrite=True, cleanup=False)

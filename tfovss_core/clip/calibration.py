@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from tfovss_core.clip.backbone import VisionBackbone
 from tfovss_core.clip.text import default_cache_dir
 from tfovss_core.errors import ConfigError
 
@@ -48,7 +49,7 @@ def load_profile(name_or_path: str | os.PathLike, backbone=None, directory=None)
     if profile.get("format") != PROFILE_FORMAT:
         raise ConfigError(f"{path}: not a tfovss profile (format {profile.get('format')!r})")
     if backbone is not None:
-        bb = getattr(backbone, "visual", backbone)  # a ClipModel or its VisionBackbone
+        bb = backbone if isinstance(backbone, VisionBackbone) else backbone.visual  # a ClipModel
         have = profile.get("backbone", {})
         if (have.get("depth"), have.get("width")) != (bb.depth, bb.width):
             raise ConfigError(f"profile {path.name} was calibrated on a {have.get('depth')}-block, width "

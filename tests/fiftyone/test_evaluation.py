@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fo_helpers import (PLUGIN_NAME, URI_EVALUATE, make_dataset, run_queued, triggered,
+from support.fo import (PLUGIN_NAME, URI_EVALUATE, make_dataset, run_queued, triggered,
                       unique_name)
 
 

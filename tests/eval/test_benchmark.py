@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tfovss_core.cli import benchmark as bench_cli
 from tfovss_core.eval import benchmark as bm
+from tfovss_core.eval import report
 from tfovss_core.eval.datasets import get_importer
 from tfovss_core.eval.metrics import SegmentationMetric
 
-from conftest import DATA, GOLDEN, REPO_ROOT
+from support.paths import DATA, GOLDEN, REPO_ROOT
 
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared sample data not found")
 
@@ -104,13 +106,13 @@ def test_tables_in_the_papers_layout(tmp_path):
     imps = {"ade20k": get_importer("ade20k", DATA), "voc20": get_importer("voc20", DATA),
             "voc21": get_importer("voc21", DATA)}
     results = _runner(tmp_path, imps, limit=1).run()
-    t = bm.build_tables(results, _fake_weights(), limit=1)
+    t = report.build_tables(results, _fake_weights(), limit=1)
     assert t["columns"] == ["VOC21", "VOC20", "ADE"]  # papers' order, whatever the CLI order
     assert [r["method"] for r in t["rows"]] == ["sclip", "naclip"]
     for row in t["rows"]:
         vals = [row["mIoU"][d] for d in t["datasets"]]
         assert row["avg"] == pytest.approx(round(np.mean(vals), 2), abs=0.006)
-    paths = bm.write_outputs(t, tmp_path / "out")
+    paths = report.write_outputs(t, tmp_path / "out")
     md = paths["md"].read_text()
     assert "SYNTHETIC WEIGHTS" in md
     assert "| Method | VOC21 | VOC20 | ADE | Avg |" in md
@@ -136,13 +138,13 @@ def test_weights_specs(tmp_path):
     assert w.label == "file:w.pt" and w.identity.startswith("file:")
     w = bm.resolve_weights("ViT-B/16", "tiny:seed3")
     assert w.synthetic and w.arch == "tiny" and w.label == "tiny:seed3"
-    env = os.environ.pop(bm.ENV_SYNTHETIC_SCRIPT, None)
+    env = os.environ.pop(bench_cli.ENV_SYNTHETIC_SCRIPT, None)
     try:
         with pytest.raises(bm.BenchmarkError, match="--synthetic-weights-script"):
             bm.resolve_weights("ViT-B/16", "synthetic:seed0")
     finally:
         if env is not None:
-            os.environ[bm.ENV_SYNTHETIC_SCRIPT] = env
+            os.environ[bench_cli.ENV_SYNTHETIC_SCRIPT] = env
     with pytest.raises(bm.BenchmarkError, match="does not exist"):
         bm.resolve_weights("ViT-B/16", str(tmp_path / "missing.pt"))
 
@@ -151,18 +153,18 @@ def _cli(args, env_extra=None, timeout=600):
     env = dict(os.environ)
     env.update(env_extra or {})
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "tfovss_core.eval.benchmark", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "tfovss_core.cli", "benchmark", *args], env=env,
                           capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
 
 
 def test_cli_reports_missing_data(tmp_path, capsys):
-    rc = bm.main(["--methods", "sclip", "--datasets", "context60", "cityscapes", "--root",
+    rc = bench_cli.main(["--methods", "sclip", "--datasets", "context60", "cityscapes", "--root",
                   str(tmp_path), "--pretrained", "tiny"])
     err = capsys.readouterr().err
     assert rc == 2
     assert "context60: no Pascal Context (VOC2010) folder" in err
     assert "cityscapes: no Cityscapes folder" in err
-    rc = bm.main(["--methods", "nosuchmethod", "--datasets", "voc21", "--root", str(tmp_path)])
+    rc = bench_cli.main(["--methods", "nosuchmethod", "--datasets", "voc21", "--root", str(tmp_path)])
     assert rc == 2 and "unknown method" in capsys.readouterr().err
 
 
@@ -173,7 +175,7 @@ def test_cli_tiny_clip_on_every_shared_sample(tmp_path, capsys):
     args = ["--methods", "sclip", "--datasets", "ade20k,coco_object", "voc21", "--root",
             str(DATA), "--pretrained", "tiny:seed0", "--limit", "1", "--out", str(tmp_path),
             "--no-progress"]
-    assert bm.main(args) == 0
+    assert bench_cli.main(args) == 0
     out = capsys.readouterr().out
     assert "Computed 3 images, resumed 0." in out
     md = (tmp_path / "results.md").read_text()
@@ -181,7 +183,7 @@ def test_cli_tiny_clip_on_every_shared_sample(tmp_path, capsys):
     js = json.loads((tmp_path / "results.json").read_text())
     obj = js["details"]["sclip"]["coco_object"]
     assert len(obj["IoU"]) == 81 and obj["evaluated"] == 1
-    assert bm.main(args) == 0
+    assert bench_cli.main(args) == 0
     out = capsys.readouterr().out
     assert "Nothing recomputed: all 3 image results were resumed" in out
     assert "the model was not loaded" in out
@@ -196,7 +198,7 @@ def test_cli_end_to_end_with_synthetic_weights(tmp_path):
     args = ["--methods", "sclip", "--datasets", "voc21", "ade20k", "--root", str(DATA),
             "--arch", "ViT-B/16", "--pretrained", "synthetic:seed0", "--limit", "1",
             "--out", str(out), "--set", "templates=single", "--no-progress"]
-    env = {bm.ENV_SYNTHETIC_SCRIPT: str(GOLDEN / "make_weights.py")}
+    env = {bench_cli.ENV_SYNTHETIC_SCRIPT: str(GOLDEN / "make_weights.py")}
     p = _cli(args, env)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Computed 2 images, resumed 0." in p.stdout
@@ -273,10 +275,10 @@ def test_shared_trunk_gives_the_same_records_masks_and_miou(tmp_path, capsys, sm
             "--pretrained", "tiny:seed0", "--save-masks", "--no-progress",
             "--set", "templates=single", "--set", "prob_thd=0", "--set", "area_thd=null"]
     # (no background threshold: the tiny CLIP's masks then vary, so equal masks mean something)
-    assert bm.main(base + ["--out", str(tmp_path / "shared")]) == 0
+    assert bench_cli.main(base + ["--out", str(tmp_path / "shared")]) == 0
     log = capsys.readouterr().out
     assert "voc21: frozen trunk shared by sclip+unveil, clip+maskclip (" in log
-    assert bm.main(base + ["--out", str(tmp_path / "alone"), "--no-shared-trunk"]) == 0
+    assert bench_cli.main(base + ["--out", str(tmp_path / "alone"), "--no-shared-trunk"]) == 0
     assert "frozen trunk shared" not in capsys.readouterr().out
 
     js = {k: json.loads((tmp_path / k / "results.json").read_text()) for k in ("shared", "alone")}
@@ -303,7 +305,7 @@ def test_shared_trunk_gives_the_same_records_masks_and_miou(tmp_path, capsys, sm
         if m != "gclip":  # (the tiny CLIP's GCLIP masks are flat)
             assert max(len(np.unique(v)) for v in masks.values()) > 5, m
     assert [r["mIoU"] for r in js["shared"]["rows"]] == [r["mIoU"] for r in js["alone"]["rows"]]
-    assert "--no-shared-trunk" in bm.build_parser().format_help()
+    assert "--no-shared-trunk" in bench_cli.build_parser().format_help()
 
 
 @pytest.fixture
@@ -436,7 +438,7 @@ def test_fiftyone_benchmark_datasets_and_stored_runs(tmp_path, fo):
     imps = {"voc21": get_importer("voc21", DATA), "ade20k": get_importer("ade20k", DATA)}
     runner = _runner(tmp_path, imps, limit=2, save_masks=True)
     results = runner.run()
-    tables = bm.build_tables(results, _fake_weights(), limit=2)
+    tables = report.build_tables(results, _fake_weights(), limit=2)
     lines = list(pb.store_runs(results, tables, prefix=prefix, persistent=False))
     assert len(lines) == 4 and all("SYNTHETIC WEIGHTS" in line for line in lines)
     try:
@@ -467,7 +469,7 @@ def test_fiftyone_benchmark_datasets_and_stored_runs(tmp_path, fo):
         assert (s0.load_gt() == ade.select(s0.id).first()["ground_truth"].get_mask()).all()
         res2 = _runner(tmp_path / "own", {own.name: own}, save_masks=True).run()
         assert all(r.evaluated == 2 for r in res2)
-        t2 = bm.build_tables(res2, _fake_weights())
+        t2 = report.build_tables(res2, _fake_weights())
         list(pb.store_runs(res2, t2, prefix=prefix, persistent=False))
         assert ade.load_evaluation_results("eval_sclip_vit_b_16_synthetic").mIoU == \
             pytest.approx(next(r for r in res2 if r.spec.method == "sclip").metrics["mIoU"])

@@ -15,21 +15,11 @@ import pytest
 import torch
 
 import tfovss_core as tc
-from conftest import GOLDEN
+from support.paths import GOLDEN
 from tfovss_core.methods.base import WindowContext
 
-try:  # shared session model (tests/conftest.py)
-    from conftest import golden_model
-except ImportError:  # pragma: no cover - older conftest
-    _MODEL: dict = {}
+from support.paths import golden_model
 
-    def golden_model(arch: str = "ViT-B/16"):
-        if arch not in _MODEL:
-            import sys
-            sys.path.insert(0, str(GOLDEN))
-            from make_weights import make_state_dict
-            _MODEL[arch] = tc.load_clip(arch.replace("/", "-"), make_state_dict(arch, seed=0, anomalies=True))
-        return _MODEL[arch]
 
 CASES = sorted(p.stem for p in (GOLDEN / "resclip").glob("*.npz")) if (GOLDEN / "resclip").is_dir() else []
 

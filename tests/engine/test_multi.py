@@ -235,7 +235,7 @@ def test_fast_modes(tiny, image):
 
 def test_golden_weights_shared_and_batched(shared_dir):
     """ViT-B/16 golden weights, a real photo: compare() == alone (exact), batch 6 == batch 1."""
-    from conftest import golden_model
+    from support.paths import golden_model
     model = golden_model("ViT-B/16")
     img = np.load(shared_dir / "golden" / "sclip" / "voc20_chelsea.npz")["image"]
     settings = dict(short_side=336, crop=224, stride=112, pamr_steps=0)

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import tfovss_core as tc
-from conftest import GOLDEN, golden_model
+from tfovss_core.io import images
+from support.paths import GOLDEN, golden_model
 
 # golden folder -> registered method name
 CORE_METHODS = {"clip": "clip", "maskclip": "maskclip", "sclip": "sclip", "clearclip": "clearclip",
@@ -71,8 +72,8 @@ def test_matches_official_code(shared_dir, folder, method, case):
     # the exact network input (resize + normalisation)
     rgb, x = seg.prepare(g["image"])
     assert tuple(x.shape[-2:]) == tuple(meta["input_hw"])
-    mean = torch.tensor(tc.imageio.CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(tc.imageio.CLIP_STD).view(3, 1, 1)
+    mean = torch.tensor(images.CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(images.CLIP_STD).view(3, 1, 1)
     expected_input = (torch.from_numpy(g["image_input"]).permute(2, 0, 1).float() - mean) / std
     torch.testing.assert_close(x[0].cpu(), expected_input, atol=1e-6, rtol=0)
 

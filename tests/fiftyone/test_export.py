@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fo_helpers import URI_EXPORT, run_queued, unique_name
+from support.fo import URI_EXPORT, run_queued, unique_name
 
 
 def decode_all(labels_path):

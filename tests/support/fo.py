@@ -1,10 +1,9 @@
-"""Helpers and fixtures of the FiftyOne plugin tests (tests/plugin, tests/e2e): an isolated
+"""Helpers and fixtures of the FiftyOne tests (tests/fiftyone and its e2e/): an isolated
 FiftyOne database, plugin discovery, and small datasets built from the shared sample data (VOC,
 ADE20K, COCO instances -> semantic masks).
 
 The FIFTYONE_* variables must be set before fiftyone is imported anywhere, hence at the top of
-this module, which the conftest.py files import first. It is one module (``fo_helpers``) however
-many conftests import it, so the environment is set once per process.
+this module, which tests/fiftyone/conftest.py imports first.
 """
 from __future__ import annotations
 
@@ -41,22 +40,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
-def _shared_paths():
-    """SHARED and DATA from the top-level tests/conftest.py (loaded by path: two conftest.py
-    files cannot both be the module ``conftest``)."""
-    try:
-        from conftest import DATA, SHARED  # the top-level one, when pytest loaded it first
-        return SHARED, DATA
-    except ImportError:
-        pass
-    spec = importlib.util.spec_from_file_location("_tfovss_top_conftest",
-                                                  REPO_ROOT / "tests" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.SHARED, mod.DATA
-
-
-SHARED, DATA = _shared_paths()
+from support.paths import DATA, SHARED  # noqa: E402,F401
 
 PLUGIN_NAME = "@tfovss/ovss"
 URI_PRELABEL = f"{PLUGIN_NAME}/prelabel_segmentation"
@@ -242,20 +226,3 @@ def run_delegated(foo, uri: str, dataset, params: dict, new_field: str):
 def triggered(result) -> list[str]:
     """URIs of the operators an operator run triggered (reload_dataset, set_view, ...)."""
     return [getattr(r, "operator_uri", None) for r in getattr(result.executor, "_requests", [])]
-
-
-def reexport_top_conftest(namespace: dict) -> None:
-    """Copies tests/conftest.py's public names into ``namespace`` (a conftest's globals).
-
-    Several conftest.py files are all imported as the module ``conftest``; test modules that
-    ``from conftest import NAME`` get whichever pytest loaded last, so every conftest re-exports
-    the top-level one's names."""
-    import importlib.util
-
-    top = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_tfovss_tests_top_conftest", top)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    for k, v in vars(mod).items():
-        if not k.startswith("_") and k not in namespace:
-            namespace[k] = v

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fo_helpers import URI_PRELABEL, needs_core, run_delegated, triggered
+from support.fo import URI_PRELABEL, needs_core, run_delegated, triggered
 
 pytestmark = needs_core
 

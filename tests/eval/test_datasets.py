@@ -14,7 +14,7 @@ from tfovss_core.eval.datasets.coco import COCO_THING_IDS, OBJECT_LUT, STUFF171_
 from tfovss_core.eval.datasets.scenes import CITYSCAPES_ID_TO_TRAINID
 from tfovss_core.spec.presets import get_preset
 
-from conftest import DATA
+from support.paths import DATA
 
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared sample data not found")
 

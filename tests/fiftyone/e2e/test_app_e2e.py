@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
-from fo_helpers import (REPO_ROOT, VOC_CLASSES, coco_semantic, make_dataset,  # noqa: E402
+from support.fo import (REPO_ROOT, VOC_CLASSES, coco_semantic, make_dataset,  # noqa: E402
                         needs_core, voc_items)
 
 CHROMIUM = "/usr/bin/chromium"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tfovss_core as tc
-from conftest import GOLDEN
+from support.paths import GOLDEN
 from tfovss_core.spec import presets
 from tfovss_core.clip.backbone import TrunkRequest
 from tfovss_core.errors import ConfigError
@@ -27,14 +27,7 @@ NEW_METHODS = ["resclip", "lht", "sclip+lht", "clearclip+lht", "resclip+lht", "n
 COMPONENT_NAMES = ["clearclip+atr+ssr", "sclip+she", "naclip+ssr+she", "resclip+atr", "clearclip+ssr+atr+she"]
 CLASSES = ["cat", ["dog", "puppy"], "grass"]
 
-try:
-    from conftest import golden_model
-except ImportError:  # pragma: no cover - older conftest
-    def golden_model(arch: str = "ViT-B/16"):
-        import sys
-        sys.path.insert(0, str(GOLDEN))
-        from make_weights import make_state_dict
-        return tc.load_clip(arch.replace("/", "-"), make_state_dict(arch, seed=0, anomalies=True))
+from support.paths import golden_model
 
 
 @pytest.fixture(scope="module")

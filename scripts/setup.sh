@@ -3,7 +3,8 @@
 #   torch: `pip install torch==2.13.0` (pinned: an unpinned torch, or a plain open_clip_torch
 #          install, resolves a multi-GB CUDA build through torchvision).
 #   open_clip_torch: installed with --no-deps (tfovss never needs torchvision; see
-#          tfovss_core/_openclip.py).
+#          tfovss_core/clip/openclip.py).
+#   the `test` extra: pytest, Playwright and import-linter (scripts/test.sh runs lint-imports).
 #   FiftyOne (+ a MongoDB that works offline), Playwright and Chromium: scripts/setup_fiftyone.sh.
 # Set TFOVSS_SKIP_FIFTYONE=1 to install the core only.
 set -euo pipefail

@@ -71,7 +71,8 @@ def test_light_entry_points_import_without_torch():
         import tfovss_core.spec.settings, tfovss_core.spec.records, tfovss_core.spec.presets
         presets = tfovss_core.presets
         assert presets is tfovss_core.spec.presets
-        print(json.dumps({"file": tfovss_core.__file__,
+        voc21 = presets.get_preset("voc21").classes("sclip")   # reading a preset: files, no model code
+        print(json.dumps({"file": tfovss_core.__file__, "voc21": [len(voc21), voc21[1]],
                           "loaded": sorted(m for m in ("torch", "open_clip", "torchvision", "fiftyone")
                                            if m in sys.modules)}))
     """)
@@ -79,6 +80,7 @@ def test_light_entry_points_import_without_torch():
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert Path(report["file"]).resolve() == REPO_ROOT / "tfovss_core" / "__init__.py"
+    assert report["voc21"] == [21, ["aeroplane"]]
     assert report["loaded"] == []
 
 

@@ -7,7 +7,7 @@
     tc.list_methods()
 
 The public names are imported lazily (PEP 562): ``import tfovss_core`` costs nothing, and reading a
-preset (``tc.presets``) or the method list never imports torch. The layers, bottom to top, are
+preset (``tc.presets``) never imports torch; torch is imported by the first name that needs it. The layers, bottom to top, are
 ``errors`` / ``spec`` / ``io`` / ``clip`` / ``ops`` / ``methods`` / ``engine`` / ``eval`` /
 ``export`` / ``analysis`` / ``cli``; each imports only the ones below it (``docs/architecture.md``).
 """

@@ -78,12 +78,12 @@ def store_run(ds, result, tables: dict, *, id_field: str = ID_FIELD, gt_field: s
               gt_classes: dict | None = None) -> tuple[str, str, float]:
     """Stores one benchmark run in ``ds``; returns (prediction field, eval key, mIoU %)."""
     from tfovss_fiftyone.evaluation import run_evaluation
-    from tfovss_core.eval.benchmark import _mask_path
+    from tfovss_core.eval.benchmark import predicted_mask_path
 
     spec = result.spec
     imp = spec.importer
     ids = imp.ids() if tables.get("limit") is None else imp.ids()[: tables["limit"]]
-    masks = {sid: _mask_path(spec.dir, sid) for sid in ids}
+    masks = {sid: predicted_mask_path(spec.dir, sid) for sid in ids}
     masks = {sid: p for sid, p in masks.items() if p.is_file()}
     if not masks:
         raise ValueError(f"{spec.method} / {spec.dataset}: no predicted masks in {spec.dir}")

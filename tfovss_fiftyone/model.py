@@ -18,55 +18,15 @@ them in ``<label_field>_segmentation`` / ``<label_field>_confidence``).
 """
 from __future__ import annotations
 
-import re
-import threading
-from collections import OrderedDict
 from typing import Mapping
 
 import numpy as np
 
 import fiftyone.core.models as fom
 
-_CACHE: "OrderedDict[tuple, object]" = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 2
-#: ``pretrained="tiny:seedN"``: the tiny random CLIP of ``tfovss_core.clip.synthetic`` (SYNTHETIC: its
-#: masks mean nothing; labels made with it carry ``synthetic=True``), whatever ``arch`` says
-_TINY_RE = re.compile(r"^tiny(?::(?:seed)?=?(\d+))?$")
-
-
-def get_clip(arch: str, pretrained, device=None):
-    """``tfovss_core.load_clip`` with a small in-process cache (operators re-run cheaply).
-
-    ``pretrained``: an open_clip tag, a local checkpoint path, a state dict, or ``"tiny:seedN"``
-    (synthetic tiny CLIP for trying things out)."""
-    import tfovss_core as tc
-
-    dev = None if device in (None, "", "auto") else str(device)
-    if isinstance(pretrained, Mapping):  # a state dict: no caching
-        return tc.load_clip(arch, pretrained, device=dev)
-    tiny = _TINY_RE.match(str(pretrained).strip())
-    key = ("tiny", f"seed{tiny.group(1) or 0}", dev) if tiny else (str(arch), str(pretrained), dev)
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-    if tiny:  # synthetic random weights: try the plugin without downloading anything
-        from tfovss_core.clip.synthetic import tiny_clip
-
-        model = tiny_clip(seed=int(tiny.group(1) or 0), device=dev)
-    else:
-        model = tc.load_clip(arch, pretrained, device=dev)
-    with _CACHE_LOCK:
-        _CACHE[key] = model
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return model
-
-
-def clear_cache() -> None:
-    with _CACHE_LOCK:
-        _CACHE.clear()
+# the CLIP cache is shared with the pre-label run; it lives in loading.py so that neither of
+# model.py and prelabel.py imports the other for it
+from tfovss_fiftyone.loading import clear_cache, get_clip  # noqa: F401  (public here too)
 
 
 class OVSSModelConfig:

@@ -315,6 +315,72 @@ class PrelabelSegmentation(foo.Operator):
         return types.Property(outputs, view=types.View(label="Pre-label finished"))
 
 
+def _evaluation_form(inputs, ctx) -> None:
+    """The evaluate form: two Segmentation fields, key, protocol, classes."""
+    ds = ctx.dataset
+    params = ctx.params
+    fields = forms.segmentation_fields(ds)
+    if len(fields) < 2:
+        forms.error(inputs, "no_fields", "This evaluation needs two Segmentation fields "
+                    "(predictions and ground truth); the dataset has "
+                    f"{len(fields)}: {fields}")
+        return
+    gt_guess = next((f for f in fields if "ground" in f or f in ("gt", "labels")), fields[0])
+    pred_guess = next((f for f in fields if f != gt_guess), fields[0])
+    forms.add_choice(inputs, "pred_field", fields, default=pred_guess, label="Predictions")
+    forms.add_choice(inputs, "gt_field", fields, default=gt_guess, label="Ground truth")
+    pred = params.get("pred_field") or pred_guess
+    gt = params.get("gt_field") or gt_guess
+    if pred == gt:
+        forms.invalid(inputs, "gt_field", "choose two different fields")
+    key_default = f"eval_{pred}"
+    inputs.str("eval_key", default=key_default, required=True, label="Evaluation key")
+    key = params.get("eval_key") or key_default
+    if ds is not None and key in ds.list_evaluations():
+        forms.warning(inputs, "key_exists", f"Evaluation '{key}' exists.")
+        inputs.bool("overwrite", default=False, label="Replace it", view=types.CheckboxView())
+    _add_eval_protocol(inputs)
+    inputs.str("classes", default=None, required=False, label="Classes (optional)",
+               description="Comma-separated subset of the ground truth's class names; "
+                           "empty: all classes of its mask_targets")
+    inputs.bool("compute_sample_miou", default=True, label="Write per-sample mIoU "
+                "(<key>_miou) to sort the worst samples", view=types.CheckboxView())
+    if ds is not None and gt in fields:
+        _classes_note(inputs, ds, gt, pred)
+
+
+def _classes_note(inputs, ds, gt, pred) -> None:
+    from tfovss_fiftyone.evaluation import EvaluationInputError, resolve_classes
+
+    try:
+        table = resolve_classes(ds, gt, pred, None)
+    except EvaluationInputError as e:
+        forms.warning(inputs, "classes_warn", str(e))
+        return
+    names = list(table.values())
+    forms.notice(inputs, "classes_note", f"{len(table)} classes from mask_targets: " +
+                 ", ".join(names[:12]) + (" ..." if len(table) > 12 else ""))
+
+
+def _evaluation_args(p) -> dict:
+    """The form's parameters as the arguments of ``run_evaluation``."""
+    classes = [c.strip() for c in str(p.get("classes") or "").split(",") if c.strip()]
+    return dict(pred_field=p.get("pred_field"), gt_field=p.get("gt_field"),
+                eval_key=p.get("eval_key"), classes=classes or None,
+                ignore_index=int(p.get("ignore_index", 255)),
+                background=p.get("background") or "class",
+                compute_sample_miou=p.get("compute_sample_miou", True) is not False,
+                overwrite=bool(p.get("overwrite")))
+
+
+def _evaluation_result(eval_key, res) -> dict:
+    s = res.metrics_summary
+    return {"eval_key": eval_key, "mIoU": _pct(s.get("mIoU")), "mAcc": _pct(s.get("mAcc")),
+            "aAcc": _pct(s.get("aAcc")), "num_evaluated": s.get("num_evaluated"),
+            "per_class": [f"{c['name']}: IoU {_pct(c['iou'])}, Acc {_pct(c['acc'])}"
+                          for c in res.per_class()]}
+
+
 class EvaluateSegmentations(foo.Operator):
     @property
     def config(self):
@@ -329,79 +395,20 @@ class EvaluateSegmentations(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         ctx.target_view()
-        ds = ctx.dataset
-        params = ctx.params
-        fields = forms.segmentation_fields(ds)
-        if len(fields) < 2:
-            forms.error(inputs, "no_fields", "This evaluation needs two Segmentation fields "
-                        "(predictions and ground truth); the dataset has "
-                        f"{len(fields)}: {fields}")
-            return types.Property(inputs, view=types.View(label="Evaluate segmentations"))
-        gt_guess = next((f for f in fields if "ground" in f or f in ("gt", "labels")),
-                        fields[0])
-        pred_guess = next((f for f in fields if f != gt_guess), fields[0])
-        forms.add_choice(inputs, "pred_field", fields, default=pred_guess,
-                         label="Predictions")
-        forms.add_choice(inputs, "gt_field", fields, default=gt_guess, label="Ground truth")
-        pred = params.get("pred_field") or pred_guess
-        gt = params.get("gt_field") or gt_guess
-        if pred == gt:
-            forms.invalid(inputs, "gt_field", "choose two different fields")
-        key_default = f"eval_{pred}"
-        inputs.str("eval_key", default=key_default, required=True, label="Evaluation key")
-        key = params.get("eval_key") or key_default
-        if ds is not None and key in ds.list_evaluations():
-            forms.warning(inputs, "key_exists", f"Evaluation '{key}' exists.")
-            inputs.bool("overwrite", default=False, label="Replace it",
-                        view=types.CheckboxView())
-        _add_eval_protocol(inputs)
-        inputs.str("classes", default=None, required=False, label="Classes (optional)",
-                   description="Comma-separated subset of the ground truth's class names; "
-                               "empty: all classes of its mask_targets")
-        inputs.bool("compute_sample_miou", default=True, label="Write per-sample mIoU "
-                    "(<key>_miou) to sort the worst samples", view=types.CheckboxView())
-        if ds is not None and gt in fields:
-            from tfovss_fiftyone.evaluation import EvaluationInputError, resolve_classes
-            try:
-                table = resolve_classes(ds, gt, pred, None)
-                forms.notice(inputs, "classes_note",
-                             f"{len(table)} classes from mask_targets: " +
-                             ", ".join(list(table.values())[:12]) +
-                             (" ..." if len(table) > 12 else ""))
-            except EvaluationInputError as e:
-                forms.warning(inputs, "classes_warn", str(e))
+        _evaluation_form(inputs, ctx)
         return types.Property(inputs, view=types.View(label="Evaluate segmentations"))
 
     def execute(self, ctx):
         from tfovss_fiftyone.evaluation import EvaluationInputError, run_evaluation
 
-        p = ctx.params
-        view = ctx.target_view()
-        classes = p.get("classes")
-        if classes:
-            classes = [c.strip() for c in str(classes).split(",") if c.strip()]
-        else:
-            classes = None
+        args = _evaluation_args(ctx.params)
         try:
-            res = run_evaluation(
-                view, p.get("pred_field"), p.get("gt_field"), p.get("eval_key"),
-                classes=classes, ignore_index=int(p.get("ignore_index", 255)),
-                background=p.get("background") or "class",
-                compute_sample_miou=p.get("compute_sample_miou", True) is not False,
-                overwrite=bool(p.get("overwrite")), progress=forms.Progress(ctx))
+            res = run_evaluation(ctx.target_view(), **args, progress=forms.Progress(ctx))
         except EvaluationInputError as e:
             _fail(f"Evaluation not run: {e}")
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
-        s = res.metrics_summary
-        return {
-            "eval_key": p.get("eval_key"),
-            "mIoU": _pct(s.get("mIoU")), "mAcc": _pct(s.get("mAcc")),
-            "aAcc": _pct(s.get("aAcc")),
-            "num_evaluated": s.get("num_evaluated"),
-            "per_class": [f"{c['name']}: IoU {_pct(c['iou'])}, Acc {_pct(c['acc'])}"
-                          for c in res.per_class()],
-        }
+        return _evaluation_result(args["eval_key"], res)
 
     def resolve_output(self, ctx):
         outputs = types.Object()
@@ -564,6 +571,54 @@ def _pct(v):
     return round(100.0 * float(v), 2)
 
 
+def _export_form(inputs, ctx) -> None:
+    """The export form: field, path, encoding, one annotation per class or per region."""
+    import os
+
+    import fiftyone as fo
+
+    ds = ctx.dataset
+    params = ctx.params
+    fields = forms.segmentation_fields(ds)
+    if not fields:
+        forms.error(inputs, "no_fields", "The dataset has no Segmentation field to export")
+        return
+    forms.add_choice(inputs, "label_field", fields, default=fields[0], label="Field")
+    field = params.get("label_field") or fields[0]
+    default_path = os.path.join(fo.config.default_dataset_dir, "tfovss_export", ds.name,
+                                f"{field}_coco.json")
+    inputs.str("labels_path", default=default_path, required=True, label="COCO JSON path")
+    forms.add_choice(inputs, "encoding", ["rle", "polygon"], default="rle", label="Encoding",
+                     radio=True, labels={"rle": "Compressed RLE (exact)",
+                                         "polygon": "Polygons (pixel-edge outlines, exact "
+                                                    "unless simplified)"})
+    if params.get("encoding") == "polygon":
+        inputs.float("tolerance", default=0.0, min=0.0, label="Simplification tolerance "
+                     "(px, 0 = exact)")
+    forms.add_choice(inputs, "split", ["class", "component"], default="class",
+                     label="Annotations", radio=True,
+                     labels={"class": "One per class per image",
+                             "component": "One per connected region"})
+    inputs.bool("include_background", default=False, label="Export value 0 (background) "
+                "as a category too", view=types.CheckboxView())
+    path = params.get("labels_path") or default_path
+    if os.path.exists(path):
+        forms.warning(inputs, "path_exists", f"'{path}' exists.")
+        inputs.bool("overwrite", default=False, label="Overwrite it", view=types.CheckboxView())
+    if not ((ds.mask_targets or {}).get(field) or ds.default_mask_targets):
+        forms.error(inputs, "no_targets", f"'{field}' has no mask_targets: set its class "
+                    "names first")
+
+
+def _export_args(p) -> dict:
+    """The form's parameters as the arguments of ``export_coco_masks``."""
+    return dict(label_field=p.get("label_field"),
+                labels_path=forms.path_param(p.get("labels_path")),
+                encoding=p.get("encoding") or "rle", split=p.get("split") or "class",
+                include_background=bool(p.get("include_background")),
+                tolerance=float(p.get("tolerance") or 0.0), overwrite=bool(p.get("overwrite")))
+
+
 class ExportCocoMasks(foo.Operator):
     @property
     def config(self):
@@ -573,62 +628,19 @@ class ExportCocoMasks(foo.Operator):
             "pycocotools")
 
     def resolve_input(self, ctx):
-        import os
-
-        import fiftyone as fo
-
         inputs = types.Object()
         ctx.target_view()
-        ds = ctx.dataset
-        params = ctx.params
-        fields = forms.segmentation_fields(ds)
-        if not fields:
-            forms.error(inputs, "no_fields", "The dataset has no Segmentation field to export")
-            return types.Property(inputs, view=types.View(label="Export COCO masks"))
-        forms.add_choice(inputs, "label_field", fields, default=fields[0], label="Field")
-        field = params.get("label_field") or fields[0]
-        default_path = os.path.join(fo.config.default_dataset_dir, "tfovss_export",
-                                    ds.name, f"{field}_coco.json")
-        inputs.str("labels_path", default=default_path, required=True, label="COCO JSON path")
-        forms.add_choice(inputs, "encoding", ["rle", "polygon"], default="rle",
-                         label="Encoding", radio=True,
-                         labels={"rle": "Compressed RLE (exact)",
-                                 "polygon": "Polygons (pixel-edge outlines, exact unless "
-                                            "simplified)"})
-        if params.get("encoding") == "polygon":
-            inputs.float("tolerance", default=0.0, min=0.0, label="Simplification tolerance "
-                         "(px, 0 = exact)")
-        forms.add_choice(inputs, "split", ["class", "component"], default="class",
-                         label="Annotations", radio=True,
-                         labels={"class": "One per class per image",
-                                 "component": "One per connected region"})
-        inputs.bool("include_background", default=False, label="Export value 0 (background) "
-                    "as a category too", view=types.CheckboxView())
-        path = params.get("labels_path") or default_path
-        if os.path.exists(path):
-            forms.warning(inputs, "path_exists", f"'{path}' exists.")
-            inputs.bool("overwrite", default=False, label="Overwrite it",
-                        view=types.CheckboxView())
-        mt = (ds.mask_targets or {}).get(field) or ds.default_mask_targets
-        if not mt:
-            forms.error(inputs, "no_targets", f"'{field}' has no mask_targets: set its class "
-                        "names first")
+        _export_form(inputs, ctx)
         return types.Property(inputs, view=types.View(label="Export COCO masks"))
 
     def execute(self, ctx):
         from tfovss_fiftyone.export import ExportInputError, export_coco_masks
 
-        p = ctx.params
         try:
-            out = export_coco_masks(
-                ctx.target_view(), p.get("label_field"), forms.path_param(p.get("labels_path")),
-                encoding=p.get("encoding") or "rle", split=p.get("split") or "class",
-                include_background=bool(p.get("include_background")),
-                tolerance=float(p.get("tolerance") or 0.0),
-                overwrite=bool(p.get("overwrite")), progress=forms.Progress(ctx))
+            return export_coco_masks(ctx.target_view(), **_export_args(ctx.params),
+                                     progress=forms.Progress(ctx))
         except ExportInputError as e:
             _fail(f"Export not written: {e}")
-        return out
 
     def resolve_output(self, ctx):
         outputs = types.Object()

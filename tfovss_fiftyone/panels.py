@@ -26,10 +26,15 @@ def _pct(v):
     return None if v is None else round(100.0 * v, 2)
 
 
-def _run_rows(dataset) -> list[dict]:
-    """One row per segmentation evaluation (ours with mIoU; FiftyOne's own with accuracy)."""
+def evaluation_rows(dataset) -> list[dict]:
+    """The panel's table: one row per segmentation evaluation (ours with mIoU; FiftyOne's own
+    with accuracy). Evaluations stored by the pre-package plugin are migrated first
+    (:mod:`tfovss_fiftyone.migrations`), so they load with their stored metrics."""
+    from tfovss_fiftyone.migrations import migrate_legacy_runs
+
     if dataset is None:
         return []
+    migrate_legacy_runs(dataset)
     rows = []
     for key in dataset.list_evaluations(type="segmentation"):
         try:
@@ -98,7 +103,12 @@ def _metrics_from_cm(res):
         return None, None, None
 
 
-def _per_class(dataset, key) -> list[dict]:
+#: the name tests/fiftyone/test_compare.py knows the table builder by
+_run_rows = evaluation_rows
+
+
+def per_class_rows(dataset, key) -> list[dict]:
+    """The per-class IoU / accuracy of evaluation ``key`` (``[]`` when it cannot be loaded)."""
     try:
         res = dataset.load_evaluation_results(key, cache=False)
     except Exception:
@@ -130,7 +140,7 @@ class OVSSEvaluationsPanel(foo.Panel):
 
     # -- data ----------------------------------------------------------------------------------
     def _refresh(self, ctx):
-        rows = _run_rows(ctx.dataset)
+        rows = evaluation_rows(ctx.dataset)
         keys = [r["eval_key"] for r in rows]
         a = ctx.panel.get_state("run_a")
         b = ctx.panel.get_state("run_b")
@@ -146,8 +156,8 @@ class OVSSEvaluationsPanel(foo.Panel):
 
     def _set_compare(self, ctx, a, b):
         ds = ctx.dataset
-        ca = _per_class(ds, a) if a else []
-        cb = _per_class(ds, b) if b else []
+        ca = per_class_rows(ds, a) if a else []
+        cb = per_class_rows(ds, b) if b else []
         # classes absent from both runs (IoU undefined) are left out of the chart and table
         seen = {c["name"] for c in ca + cb if _f(c["iou"]) is not None}
         ca = [c for c in ca if c["name"] in seen]

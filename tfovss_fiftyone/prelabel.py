@@ -473,7 +473,7 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
     (several plans, one MultiSegmenter). Every check happens before the first write."""
     import tfovss_core as tc
 
-    from tfovss_fiftyone.model import get_clip
+    from tfovss_fiftyone.loading import get_clip
 
     t0 = time.time()
     dataset = samples._dataset

@@ -144,7 +144,8 @@ def confusion_from_records(records: Sequence[dict], num_classes: int) -> np.ndar
     return flat.reshape(num_classes, num_classes)
 
 
-def _mask_path(run_dir: Path, sid: str) -> Path:
+def predicted_mask_path(run_dir: Path, sid: str) -> Path:
+    """Where a run saves the predicted mask of image ``sid`` (``--save-masks``, ``--fiftyone``)."""
     return run_dir / "masks" / f"{sid}.png"
 
 
@@ -322,7 +323,7 @@ class BenchmarkRunner:
         selected = ids if self.limit is None else ids[: self.limit]
         records = read_records(spec.records_path)
         done = {i for i in selected if i in records
-                and (not self.save_masks or _mask_path(spec.dir, i).is_file())}
+                and (not self.save_masks or predicted_mask_path(spec.dir, i).is_file())}
         todo = {i for i in selected if i not in done}
         label = f"{spec.method} / {spec.dataset}"
         if not todo:
@@ -450,7 +451,7 @@ class BenchmarkRunner:
             return
         cm = image_confusion(pred, gt, imp.num_classes, imp.ignore_index)
         if self.save_masks:
-            _write_mask(_mask_path(spec.dir, sid), pred)
+            _write_mask(predicted_mask_path(spec.dir, sid), pred)
         nz = np.flatnonzero(cm)
         rec = {"id": sid, "shape": list(gt.shape), "cm": [[int(i), int(cm.flat[i])] for i in nz],
                "sec": sec}

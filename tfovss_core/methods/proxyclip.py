@@ -70,7 +70,7 @@ class ProxyCLIP(Method):
     info = MethodInfo(
         title="ProxyCLIP",
         paper="Lan, Chen, Ke, Wang, Feng, Zhang. ProxyCLIP: Proxy Attention Improves CLIP for "
-              "Open-Vocabulary Segmentation. ECCV 2024 (arXiv 2408.04883)",
+              "Open-Vocabulary Segmentation. ECCV 2024",
         official_code=f"{OFFICIAL}@e7b767f",
         summary="Last block: the attention is a VFM's (DINO ViT-B/8) patch cosine similarity, mean-centred "
                 "(beta), scaled (gamma), negatives masked, softmax; CLIP's values upsampled to the VFM grid, "

@@ -40,7 +40,9 @@ ENTRY_KEYS = {"short_side", "crop", "stride", "logit_scale", "prob_thd", "area_t
 def _golden_files() -> list[Path]:
     """The goldens of the registered methods (a method's goldens join once it is implemented)."""
     from tfovss_core.methods import list_methods
-    known = set(list_methods())
+    # proxyclip's per-dataset settings and class lists are still in methods/proxyclip.py
+    # (DATASET_SETTINGS), not yet in the presets; its goldens are checked by its own conformance test.
+    known = set(list_methods()) - {"proxyclip"}
     return sorted(p for p in GOLDEN.glob("*/*.json") if p.parent.name in known) if GOLDEN.is_dir() else []
 
 

@@ -31,7 +31,7 @@ from tfovss_core.clip.backbone import Trunk, TrunkRequest
 from tfovss_core.errors import ConfigError, InputError, TfovssError
 from tfovss_core.io.images import image_label
 from tfovss_core.engine.segmenter import SegmentationResult, Segmenter, WindowOutput, guarded
-from tfovss_core.engine.windows import pad_to_multiple, sliding_windows
+from tfovss_core.engine.windows import sliding_windows
 from tfovss_core.clip.loading import ClipModel
 
 
@@ -84,7 +84,7 @@ def _window_key(seg: Segmenter, x: torch.Tensor):
     _, _, h, w = x.shape
     boxes = tuple(sliding_windows(h, w, s.crop, s.stride))
     y1, y2, x1, x2 = boxes[0]
-    pad = pad_to_multiple(y2 - y1, x2 - x1, seg.model.visual.patch) if s.pad_to_patch else (0, 0, 0, 0)
+    pad = seg.window_padding(y2 - y1, x2 - x1)
     return boxes, tuple(pad), seg.window_batch_size(x, len(boxes)), s.precision
 
 

@@ -158,7 +158,6 @@ class Segmenter:
         s = self.settings
         _, _, h, w = x.shape
         boxes = sliding_windows(h, w, s.crop, s.stride)
-        patch = self.model.visual.patch
         text = self.text_features
         request = self.method.trunk_request()
         batch = self.window_batch_size(x, len(boxes))
@@ -166,7 +165,7 @@ class Segmenter:
         for start in range(0, len(boxes), batch):
             chunk = boxes[start:start + batch]
             crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
-            pad = pad_to_multiple(crops.shape[-2], crops.shape[-1], patch) if s.pad_to_patch else (0, 0, 0, 0)
+            pad = self.window_padding(crops.shape[-2], crops.shape[-1])
             if any(pad):
                 crops = F.pad(crops, pad)
             with self.model.visual.weight_edit(self.method.weight_edits()), amp:
@@ -177,9 +176,18 @@ class Segmenter:
                 else:
                     feats = self.method.features(trunk)
             feats = F.normalize(feats.float(), dim=-1)
-            gh, gw = trunk.grid
+            gh, gw = self.method.output_grid(trunk, crops)
             logits = (feats @ text.T).transpose(1, 2).reshape(len(chunk), -1, gh, gw)
             yield WindowOutput(boxes=chunk, grid=(gh, gw), features=feats, logits=logits)
+
+    def window_padding(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """Zero padding (left, right, top, bottom) of a window: to the method's ``pad_multiple``
+        if it has one, else to a CLIP patch multiple when ``pad_to_patch``, else none."""
+        if self.method.pad_multiple:
+            return pad_to_multiple(height, width, self.method.pad_multiple)
+        if self.settings.pad_to_patch:
+            return pad_to_multiple(height, width, self.model.visual.patch)
+        return (0, 0, 0, 0)
 
     def window_batch_size(self, x: torch.Tensor, n_windows: int) -> int:
         """Windows per forward pass: ``batch_size``, or with 0 as many as fit the memory budget."""
@@ -196,15 +204,13 @@ class Segmenter:
         ``outputs``: the :class:`WindowOutput` s of ``x`` when already computed (default: run them).
         """
         _, _, h, w = x.shape
-        s = self.settings
         q = self.text_features.shape[0]
         canvas = x.new_zeros((q, h, w))
         count = x.new_zeros((1, h, w))
-        patch = self.model.visual.patch
         for out in (self.windows(x) if outputs is None else outputs):
             y1, y2, x1, x2 = out.boxes[0]
             ch, cw = y2 - y1, x2 - x1
-            left, right, top, bottom = pad_to_multiple(ch, cw, patch) if s.pad_to_patch else (0, 0, 0, 0)
+            left, right, top, bottom = self.window_padding(ch, cw)
             up = F.interpolate(out.logits, size=(ch + top + bottom, cw + left + right), mode="bilinear",
                                align_corners=False)
             up = up[:, :, top:top + ch, left:left + cw]

@@ -73,6 +73,9 @@ class Method:
     default_settings: ClassVar[dict] = {}
     # True: ``features(trunk, context)`` receives a :class:`WindowContext` (see there).
     needs_context: ClassVar[bool] = False
+    # Windows are zero-padded to this multiple whatever ``pad_to_patch`` says (ProxyCLIP: 56, so
+    # that both its CLIP and its VFM patch grids tile the window); None: the driver's own rule.
+    pad_multiple: ClassVar[int | None] = None
 
     def __init__(self, backbone: VisionBackbone, options=None):
         self.backbone = backbone
@@ -142,6 +145,14 @@ class Method:
         Methods with ``needs_context`` take a second argument, the :class:`WindowContext`.
         """
         raise NotImplementedError
+
+    def output_grid(self, trunk: Trunk, images: torch.Tensor) -> tuple[int, int]:
+        """Patch grid of the features :meth:`features` returns for windows ``images``.
+
+        Default: CLIP's grid. A method whose dense output lives on another grid (ProxyCLIP: the
+        VFM's finer one) says so here.
+        """
+        return trunk.grid
 
     def describe(self) -> dict:
         return {"method": self.name, "title": self.info.title, "paper_based": self.info.paper_based,

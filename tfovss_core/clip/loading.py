@@ -261,7 +261,6 @@ def _hub_checkpoint(hub, hub_id: str, arch: str, tag: str, cache_dir) -> Path:
     """The cached (or freshly downloaded) checkpoint of a hub-hosted tag, or an error naming the
     cause: offline cache without the file, no network, or the hub's own refusal."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
     repo_id, names = _hub_filenames(hub_id)
     what = f"{arch} / {tag!r}"
@@ -279,7 +278,9 @@ def _hub_checkpoint(hub, hub_id: str, arch: str, tag: str, cache_dir) -> Path:
     fetch = (f"on a machine with network run `hf download {repo_id} {names[-1]}` (or "
              f"huggingface_hub.hf_hub_download('{repo_id}', '{names[-1]}')) and copy its Hugging Face "
              "cache (HF_HOME) here")
-    if constants.HF_HUB_OFFLINE and all(isinstance(e, LocalEntryNotFoundError) for e in failures):
+    # by class name: huggingface_hub has moved its exception classes between modules
+    not_cached = all("LocalEntryNotFoundError" in {c.__name__ for c in type(e).__mro__} for e in failures)
+    if constants.HF_HUB_OFFLINE and not_cached:
         raise WeightsError(
             f"the weights {what} ({repo_id}: {files}) are not in the offline Hugging Face cache "
             f"{cache} (HF_HUB_OFFLINE is set, so nothing is downloaded). Fix: {fetch}, pointing "

@@ -73,11 +73,9 @@ def resolve_weights(arch: str, pretrained: str, synthetic_script: str | None = N
         raise WeightsError(str(exc)) from None
     seed = spec.seed
     if spec.kind == "tiny":
-        def load_tiny(device, seed=seed, label=spec.label):
+        def load_tiny(device, seed=seed):
             from tfovss_core.clip.synthetic import tiny_clip
-            model = tiny_clip(seed=seed, device=device)
-            model.pretrained = label
-            return model
+            return tiny_clip(seed=seed, device=device)   # labelled tiny:seedN
 
         return Weights(spec.text, "tiny", spec.label, f"tiny-clip:seed{seed}", True, load_tiny)
     if spec.kind == "random":

@@ -55,8 +55,12 @@ def load_image(image, name: str | None = None) -> np.ndarray:
                 return _from_pil(upright(im), label)
         except InputError:
             raise
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise InputError(f"{label}: cannot decode the image file ({exc})") from None
+        except UnidentifiedImageError:  # PIL's message would repeat the path
+            raise InputError(f"{label}: cannot decode the image file (not an image, or a format "
+                             "Pillow cannot read)") from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            detail = str(exc).replace(f"'{path}'", "the file").replace(str(path), "the file")
+            raise InputError(f"{label}: cannot decode the image file ({detail})") from None
     if isinstance(image, Image.Image):
         return _from_pil(upright(image), label)
     if isinstance(image, np.ndarray):

@@ -3,7 +3,9 @@
 #   torch: `pip install torch==2.13.0` (pinned: an unpinned torch, or a plain open_clip_torch
 #          install, resolves a multi-GB CUDA build through torchvision).
 #   open_clip_torch: installed with --no-deps (tfovss never needs torchvision; see
-#          tfovss_core/clip/openclip.py).
+#          tfovss_core/clip/openclip.py). Its one other runtime need, huggingface_hub (the hub-hosted
+#          tags: laion2b_*, datacomp_*, dfn*, ... and `openai`), is a dependency in pyproject.toml,
+#          installed by the editable install below and checked at the end.
 #   the `test` extra: pytest, Playwright and import-linter (scripts/test.sh runs lint-imports).
 #   FiftyOne (+ a MongoDB that works offline), Playwright and Chromium: scripts/setup_fiftyone.sh.
 # Set TFOVSS_SKIP_FIFTYONE=1 to install the core only.
@@ -23,4 +25,4 @@ $VPY -m pip install -q -e ".[test]"
 if [ "${TFOVSS_SKIP_FIFTYONE:-0}" != "1" ] && [ -f scripts/setup_fiftyone.sh ]; then
   bash scripts/setup_fiftyone.sh "$VPY"
 fi
-$VPY -c "import tfovss_core, torch; print('tfovss', tfovss_core.__version__, '| torch', torch.__version__, '| methods:', ', '.join(tfovss_core.list_methods()))"
+$VPY -c "import tfovss_core, torch, huggingface_hub; print('tfovss', tfovss_core.__version__, '| torch', torch.__version__, '| methods:', ', '.join(tfovss_core.list_methods()))"

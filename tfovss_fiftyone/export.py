@@ -27,10 +27,9 @@ def _image_size(filepath: str, metadata) -> tuple[int, int]:
     if metadata is not None and getattr(metadata, "width", None) and \
             getattr(metadata, "height", None):
         return int(metadata.width), int(metadata.height)
-    from PIL import Image
+    from tfovss_core.io.images import displayed_size
 
-    with Image.open(filepath) as im:
-        return im.size
+    return displayed_size(filepath)   # EXIF orientation applied, as the masks and the App
 
 
 def export_coco_masks(samples, label_field: str, labels_path: str, *, encoding: str = "rle",

@@ -3,7 +3,6 @@ cheaply. Used by :mod:`tfovss_fiftyone.model` (``apply_model``) and
 :mod:`tfovss_fiftyone.prelabel`; it imports neither."""
 from __future__ import annotations
 
-import re
 import threading
 from collections import OrderedDict
 from typing import Mapping
@@ -13,33 +12,27 @@ __all__ = ["get_clip", "clear_cache"]
 _CACHE: "OrderedDict[tuple, object]" = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 2
-#: ``pretrained="tiny:seedN"``: the tiny random CLIP of ``tfovss_core.clip.synthetic`` (SYNTHETIC: its
-#: masks mean nothing; labels made with it carry ``synthetic=True``), whatever ``arch`` says
-_TINY_RE = re.compile(r"^tiny(?::(?:seed)?=?(\d+))?$")
 
 
 def get_clip(arch: str, pretrained, device=None):
     """``tfovss_core.load_clip`` with a small in-process cache (operators re-run cheaply).
 
-    ``pretrained``: an open_clip tag, a local checkpoint path, a state dict, or ``"tiny:seedN"``
-    (synthetic tiny CLIP for trying things out)."""
+    ``pretrained``: an open_clip tag, a local checkpoint path, a state dict, or a synthetic spec
+    ``tiny:seedN`` / ``random:seedN`` / ``synthetic:seedN`` (SYNTHETIC: its masks mean nothing;
+    labels made with it carry ``synthetic=True``), parsed by ``tfovss_core.spec.weights``."""
     import tfovss_core as tc
+    from tfovss_core.clip.weights import resolve_weights
 
     dev = None if device in (None, "", "auto") else str(device)
     if isinstance(pretrained, Mapping):  # a state dict: no caching
         return tc.load_clip(arch, pretrained, device=dev)
-    tiny = _TINY_RE.match(str(pretrained).strip())
-    key = ("tiny", f"seed{tiny.group(1) or 0}", dev) if tiny else (str(arch), str(pretrained), dev)
+    weights = resolve_weights(arch, pretrained)
+    key = (weights.identity, dev) if weights.synthetic else (str(arch), str(pretrained), dev)
     with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    if tiny:  # synthetic random weights: try the plugin without downloading anything
-        from tfovss_core.clip.synthetic import tiny_clip
-
-        model = tiny_clip(seed=int(tiny.group(1) or 0), device=dev)
-    else:
-        model = tc.load_clip(arch, pretrained, device=dev)
+    model = weights.load(dev) if weights.synthetic else tc.load_clip(arch, pretrained, device=dev)
     with _CACHE_LOCK:
         _CACHE[key] = model
         while len(_CACHE) > _CACHE_SIZE:

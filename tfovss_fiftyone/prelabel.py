@@ -473,6 +473,8 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
     (several plans, one MultiSegmenter). Every check happens before the first write."""
     import tfovss_core as tc
 
+    from tfovss_core.spec.weights import is_synthetic
+
     from tfovss_fiftyone.loading import get_clip
 
     t0 = time.time()
@@ -510,7 +512,7 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
             return {p0.field: seg0.predict(path)}
     for p in plans:
         _resolve_plan(p, segs[p.field], model, rows, preset_name)
-    synthetic = str(getattr(model, "arch", "")).startswith("tiny")
+    synthetic = is_synthetic(getattr(model, "pretrained", None)) or is_synthetic(pretrained)
 
     # -- existing labels: resume / overwrite rules -------------------------------------------
     view = samples

@@ -98,17 +98,10 @@ def test_openai_state_dict_of_wrong_arch_is_refused():
         tc.load_clip("ViT-B-16", tiny_state_dict())
 
 
-def test_unknown_tag_and_failed_download_say_how_to_fix(monkeypatch):
-    with pytest.raises(tc.WeightsError, match="not a pretrained tag of ViT-B-16"):
+def test_unknown_tag_and_missing_file_say_how_to_fix():
+    """(Failed downloads, offline caches and the hub: tests/clip/test_hub.py.)"""
+    with pytest.raises(tc.WeightsError, match="not a pretrained tag of ViT-B-16.*Fix:"):
         tc.load_clip("ViT-B-16", "no_such_tag")
-
-    def offline(*a, **k):
-        raise RuntimeError("Failed to download weights for tag 'openai'")
-    monkeypatch.setattr(model_mod.open_clip, "create_model", offline)
-    with pytest.raises(tc.WeightsError) as err:
-        tc.load_clip("ViT-B-16", "openai")
-    msg = str(err.value)
-    assert "Fix:" in msg and "local path" in msg and "network" in msg
     with pytest.raises(tc.WeightsError, match="does not exist"):
         tc.load_clip("ViT-B-16", "/no/such/file.pt")
 

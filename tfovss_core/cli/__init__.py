@@ -39,7 +39,8 @@ def cmd_segment(args) -> int:
     from tfovss_core.errors import TfovssError, WeightsError
     from tfovss_core.io.images import load_image
     from tfovss_core.export.overlay import overlay, save_index_mask
-    from tfovss_core.clip.weights import SYNTHETIC_BANNER, is_synthetic_spec, resolve_weights
+    from tfovss_core.clip.weights import resolve_weights
+    from tfovss_core.spec.weights import SYNTHETIC_BANNER, parse_weights_spec
 
     if args.threads:
         import torch
@@ -49,7 +50,7 @@ def cmd_segment(args) -> int:
         model = weights.load(args.device)
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if not is_synthetic_spec(args.pretrained) and not Path(args.pretrained).exists():
+        if args.pretrained.strip() and parse_weights_spec(args.pretrained).kind == "tag":
             print("hint: without network access, `--pretrained random:0` runs the pipeline end to end on "
                   "random weights (outputs are labelled as synthetic).", file=sys.stderr)
         return 2
@@ -78,12 +79,12 @@ def cmd_segment(args) -> int:
         stems.add(stem)
         mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.jpg"
         if not args.overwrite and (mask_path.exists() or overlay_path.exists()):
-            failures.append((str(path), f"output {mask_path.name} exists (use --overwrite to replace it)"))
+            failures.append((str(path), f"{path}: output {mask_path.name} exists (use --overwrite to replace it)"))
             continue
         try:
             rgb = load_image(path)
             res = seg.predict(rgb, name=str(path))
-        except TfovssError as exc:
+        except TfovssError as exc:  # the message names the image already
             failures.append((str(path), str(exc)))
             continue
         save_index_mask(res.mask, mask_path, seg.num_classes)
@@ -100,8 +101,8 @@ def cmd_segment(args) -> int:
     print(f"wrote {len(written)} mask(s) and overlay(s) to {out} ({run['seconds']} s); settings in {out / 'run.json'}")
     if failures:
         print(f"{len(failures)} image(s) failed:", file=sys.stderr)
-        for image, error in failures:
-            print(f"  {image}: {error}", file=sys.stderr)
+        for _, error in failures:
+            print(f"  {error}", file=sys.stderr)
         return 1
     return 0
 

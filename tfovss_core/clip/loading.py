@@ -1,8 +1,10 @@
 """Loading CLIP weights through open_clip: pretrained tags, local files, in-memory state dicts.
 
 ``load_clip`` is the one entry point. It never touches the network for a local file or a state
-dict; for a pretrained tag it lets open_clip download and cache the weights exactly as it does for
-any user, and turns a failed download into an error that says how to fix it.
+dict. For a pretrained tag it follows open_clip's own route: the Hugging Face hub copy when
+``huggingface_hub`` is installed (resolved here, so that a file missing from an offline cache, a
+missing network and a missing package each get their own error), else open_clip's URL download.
+Every error says how to fix it.
 """
 from __future__ import annotations
 
@@ -106,8 +108,11 @@ def load_clip(arch: str, pretrained=None, device=None, *, quick_gelu: bool | Non
 
     ``pretrained`` is one of:
 
-    * an open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b88k"``, ``"metaclip_400m"``, ...):
-      open_clip downloads it once into its cache (``cache_dir``);
+    * an open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b88k"``, ``"metaclip_400m"``, ...).
+      When ``huggingface_hub`` is installed every tag with a hub copy (``openai`` included) comes
+      from the Hugging Face hub cache (``cache_dir``, default ``$HF_HOME/hub``), downloaded once;
+      with ``HF_HUB_OFFLINE=1`` only the cache is read, never the network. Tags without a hub
+      copy are downloaded by open_clip from their URL;
     * a local file: an open_clip checkpoint (``.pt``/``.bin``/``.safetensors``, optionally under a
       ``state_dict`` key with ``module.`` prefixes), an OpenAI-format state dict, or OpenAI's
       TorchScript archive. Never touches the network;
@@ -158,23 +163,156 @@ def _from_tag(arch: str, tag: str, quick_gelu, cache_dir):
     base = _base_arch(arch)
     tags = open_clip.list_pretrained_tags_by_model(base) + open_clip.list_pretrained_tags_by_model(base + "-quickgelu")
     if tag not in tags:
-        raise WeightsError(f"{tag!r} is not a pretrained tag of {arch} (known: {', '.join(sorted(set(tags))) or 'none'}); "
-                           "for a local file pass its path")
+        raise WeightsError(f"{tag!r} is not a pretrained tag of {arch} (known: {', '.join(sorted(set(tags))) or 'none'}). "
+                           "Fix: pick one of these tags, or pass a local checkpoint's path")
+    cfg = open_clip.get_pretrained_cfg(base, tag) or open_clip.get_pretrained_cfg(base + "-quickgelu", tag) or {}
     if quick_gelu is None:
-        cfg = open_clip.get_pretrained_cfg(base, tag) or open_clip.get_pretrained_cfg(base + "-quickgelu", tag)
         quick_gelu = bool(cfg.get("quick_gelu", False)) if cfg else None
+    hub_id, url = cfg.get("hf_hub", ""), cfg.get("url", "")
+    hub = _hub_module()
+    if hub_id and hub is not None:
+        # open_clip prefers the hub copy whenever huggingface_hub is importable (``openai``
+        # included); resolving the file here tells a missing cache entry from a missing network.
+        path = _hub_checkpoint(hub, hub_id, arch, tag, cache_dir)
+        return _create_from_checkpoint(arch, path, quick_gelu, f"{arch} / {tag!r}")
+    if hub_id and not url:
+        raise WeightsError(
+            f"the weights {arch} / {tag!r} are hosted only on the Hugging Face hub "
+            f"({hub_id.rstrip('/')}) and the huggingface_hub package is not installed. "
+            "Fix: pip install huggingface_hub (scripts/setup.sh installs it), or pass a local "
+            "checkpoint's path")
     try:
         return _create(arch, tag, quick_gelu, cache_dir=cache_dir)
     except WeightsError:
         raise
     except Exception as exc:  # download failures surface as RuntimeError/OSError/HTTP errors
+        if _is_network_error(exc):
+            raise WeightsError(
+                f"could not download the pretrained weights {arch} / {tag!r}: no network ({_root_cause(exc)}). "
+                "Fix: run once with network access to fill the cache "
+                f"({cache_dir or 'open_clip default cache'}), or download the checkpoint elsewhere and "
+                "pass its local path: load_clip(arch, '/path/to/checkpoint') / --pretrained "
+                "/path/to/checkpoint. To try the pipeline without real weights use the synthetic "
+                "test weights (see README).") from exc
         raise WeightsError(
-            f"could not obtain the pretrained weights {arch} / {tag!r}: {exc}. "
-            "open_clip downloads them on first use and caches them; this machine could not download "
-            "them (no network?). Fix: run once with network access to fill the cache "
-            f"({cache_dir or 'open_clip default cache'}), or download the checkpoint elsewhere and pass its "
-            "local path: load_clip(arch, '/path/to/checkpoint') / --pretrained /path/to/checkpoint. "
-            "To try the pipeline without real weights use the synthetic test weights (see README).") from exc
+            f"could not obtain the pretrained weights {arch} / {tag!r}: {exc}. Fix: download the "
+            "checkpoint and pass its local path (--pretrained /path/to/checkpoint)") from exc
+
+
+# -- the Hugging Face hub route --------------------------------------------------------------------
+
+HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"        # open_clip's names on the hub
+HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
+
+# Exception class names (anywhere in the cause chain) that mean the network could not be reached:
+# httpx / httpx2 / requests / urllib3 spell them differently and are not all installed.
+_NETWORK_ERROR_NAMES = {"ConnectError", "ConnectTimeout", "ConnectTimeoutError", "TimeoutException",
+                        "ReadTimeout", "ProxyError", "NewConnectionError", "NameResolutionError",
+                        "ConnectionError", "NetworkError", "URLError", "gaierror", "timeout",
+                        "TimeoutError", "ConnectionRefusedError", "ConnectionResetError"}
+
+
+def _hub_module():
+    """``huggingface_hub`` or None when it cannot be imported (open_clip then cannot use the hub)."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        return None
+    return huggingface_hub
+
+
+def _causes(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    for e in _causes(exc):
+        names = {c.__name__ for c in type(e).__mro__}
+        if names & _NETWORK_ERROR_NAMES and type(e).__name__ != "HTTPError":
+            return True
+        reason = getattr(e, "reason", None)  # urllib's URLError wraps the socket error
+        if isinstance(reason, OSError):
+            return True
+    return False
+
+
+def _root_cause(exc: BaseException) -> str:
+    *_, last = _causes(exc)
+    return f"{type(last).__name__}: {last}"
+
+
+def _hub_filenames(hub_id: str) -> tuple[str, list[str]]:
+    """open_clip's lookup order: ``org/name/`` -> the safetensors file, then the .bin."""
+    repo_id, filename = os.path.split(hub_id)
+    filename = filename or HF_WEIGHTS_NAME
+    names = []
+    if filename == HF_WEIGHTS_NAME:
+        names.append(HF_SAFE_WEIGHTS_NAME)
+    elif filename.endswith((".bin", ".pth")):
+        names.append(filename[:-4] + ".safetensors")
+    return repo_id, names + [filename]
+
+
+def _hub_checkpoint(hub, hub_id: str, arch: str, tag: str, cache_dir) -> Path:
+    """The cached (or freshly downloaded) checkpoint of a hub-hosted tag, or an error naming the
+    cause: offline cache without the file, no network, or the hub's own refusal."""
+    from huggingface_hub import constants
+
+    repo_id, names = _hub_filenames(hub_id)
+    what = f"{arch} / {tag!r}"
+    failures: list[BaseException] = []
+    for name in names:
+        try:
+            return Path(hub.hf_hub_download(repo_id=repo_id, filename=name, cache_dir=cache_dir,
+                                            library_name="open_clip",
+                                            library_version=getattr(open_clip, "__version__", None)))
+        except Exception as exc:  # noqa: BLE001 - classified below, once every name was tried
+            failures.append(exc)
+    exc = failures[-1]
+    files = " or ".join(names)
+    cache = cache_dir or constants.HF_HUB_CACHE
+    fetch = (f"on a machine with network run `hf download {repo_id} {names[-1]}` (or "
+             f"huggingface_hub.hf_hub_download('{repo_id}', '{names[-1]}')) and copy its Hugging Face "
+             "cache (HF_HOME) here")
+    # by class name: huggingface_hub has moved its exception classes between modules
+    not_cached = all("LocalEntryNotFoundError" in {c.__name__ for c in type(e).__mro__} for e in failures)
+    if constants.HF_HUB_OFFLINE and not_cached:
+        raise WeightsError(
+            f"the weights {what} ({repo_id}: {files}) are not in the offline Hugging Face cache "
+            f"{cache} (HF_HUB_OFFLINE is set, so nothing is downloaded). Fix: {fetch}, pointing "
+            "HF_HOME at the copy; or unset HF_HUB_OFFLINE on a machine with network") from exc
+    if any(_is_network_error(e) for e in failures):
+        raise WeightsError(
+            f"could not download the weights {what} from the Hugging Face hub ({repo_id}): no network "
+            f"({_root_cause(exc)}). Fix: connect this machine, or {fetch} and set HF_HUB_OFFLINE=1; "
+            "or pass a local checkpoint's path") from exc
+    raise WeightsError(
+        f"the Hugging Face hub did not provide the weights {what} ({repo_id}: {files}): "
+        f"{type(exc).__name__}: {exc}. Fix: check that the repository is reachable with your "
+        "credentials (`hf auth login` for gated repositories), or pass a local checkpoint's path") from exc
+
+
+def _create_from_checkpoint(arch: str, path: Path, quick_gelu, what: str):
+    """open_clip builds the model and loads the checkpoint (its conversions included); a
+    checkpoint of another shape is reported by what does not fit, not by a key dump."""
+    try:
+        return _create(arch, str(path), quick_gelu)
+    except WeightsError:
+        raise
+    except Exception as exc:
+        try:
+            sd = _unwrap(open_clip.factory.load_state_dict(str(path)))
+            _check_fits(_create(arch, None, quick_gelu), sd, arch, f"{str(path)!r} ({what})")
+        except WeightsError:
+            raise
+        except Exception:  # noqa: BLE001 - unreadable: reported below with open_clip's error
+            pass
+        raise WeightsError(f"cannot load the checkpoint {str(path)!r} ({what}): {exc}. Fix: delete the "
+                           "file from the cache so that it is downloaded again") from exc
 
 
 def _looks_like_torchscript(path: Path) -> bool:

@@ -63,5 +63,9 @@ def tiny_state_dict(seed: int = 0, layers: int = 3) -> dict[str, torch.Tensor]:
 
 
 def tiny_clip(seed: int = 0, device=None, layers: int = 3, **kwargs) -> ClipModel:
-    """A tiny random CLIP (3 ViT blocks of width 128, 2 heads) loaded through :func:`load_clip`."""
-    return load_clip("tiny", tiny_state_dict(seed, layers), device=device, **kwargs)
+    """A tiny random CLIP (3 ViT blocks of width 128, 2 heads) loaded through :func:`load_clip`,
+    labelled with its synthetic spec (``tiny:seedN``) so that every output made with it is
+    flagged synthetic (:func:`tfovss_core.spec.weights.is_synthetic`)."""
+    model = load_clip("tiny", tiny_state_dict(seed, layers), device=device, **kwargs)
+    model.pretrained = f"tiny:seed{seed}"
+    return model

@@ -1,5 +1,6 @@
-"""What a ``--pretrained`` / ``pretrained=`` string means, in one place for the CLI, the benchmark
-and the FiftyOne plugin.
+"""Loaders for every ``--pretrained`` / ``pretrained=`` spec, in one place for the CLI, the
+benchmark and the FiftyOne plugin. What a spec *means* (and whether it is synthetic) is decided by
+the torch-free parser :mod:`tfovss_core.spec.weights`; this module only builds the loaders.
 
 * an open_clip tag (``openai``, ``laion2b_s34b_b88k``, ...) or a local checkpoint path: real weights
   through :func:`tfovss_core.load_clip`;
@@ -9,7 +10,10 @@ and the FiftyOne plugin.
   (``make_state_dict(arch, seed=N, anomalies=True)``), given as ``synthetic_script`` or by the
   ``TFOVSS_SYNTHETIC_WEIGHTS`` environment variable; the package never looks for it elsewhere.
 
-The last three are SYNTHETIC: their outputs mean nothing and every output made with them says so.
+The last three are SYNTHETIC: their outputs mean nothing and every output made with them says so
+(:data:`tfovss_core.spec.weights.SYNTHETIC_BANNER`). Loaded synthetic models carry their spec label
+(``tiny:seed0``, ...) as ``ClipModel.pretrained``, so :func:`~tfovss_core.spec.weights.is_synthetic`
+recognises the model as well as the spec.
 """
 from __future__ import annotations
 
@@ -21,9 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tfovss_core.errors import WeightsError
-
-ENV_SYNTHETIC_SCRIPT = "TFOVSS_SYNTHETIC_WEIGHTS"
-SYNTHETIC_BANNER = "SYNTHETIC WEIGHTS - random CLIP, output is NOT a real segmentation"
+from tfovss_core.spec.weights import (ENV_SYNTHETIC_SCRIPT, SYNTHETIC_BANNER, is_synthetic,  # noqa: F401
+                                      parse_weights_spec)
 
 
 @dataclass
@@ -39,13 +42,6 @@ class Weights:
 
     def load(self, device=None):
         return self.loader(device)
-
-
-_SYNTH_RE = re.compile(r"^(synthetic|tiny|random)(?::(?:seed)?=?(\d+))?$")
-
-
-def is_synthetic_spec(pretrained) -> bool:
-    return bool(_SYNTH_RE.match(str(pretrained).strip()))
 
 
 def _openai_arch(arch: str) -> str:
@@ -71,27 +67,29 @@ def resolve_weights(arch: str, pretrained: str, synthetic_script: str | None = N
     """Parses a pretrained spec (see the module docstring) without loading anything yet."""
     from tfovss_core.clip import loading as _model
 
-    spec = str(pretrained).strip()
-    m = _SYNTH_RE.match(spec)
-    kind, seed = (m.group(1), int(m.group(2) or 0)) if m else (None, 0)
-    if kind == "tiny":
+    try:
+        spec = parse_weights_spec(pretrained)
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from None
+    seed = spec.seed
+    if spec.kind == "tiny":
         def load_tiny(device, seed=seed):
             from tfovss_core.clip.synthetic import tiny_clip
-            return tiny_clip(seed=seed, device=device)
+            return tiny_clip(seed=seed, device=device)   # labelled tiny:seedN
 
-        return Weights(spec, "tiny", f"tiny:seed{seed}", f"tiny-clip:seed{seed}", True, load_tiny)
-    if kind == "random":
-        def load_random(device, seed=seed):
+        return Weights(spec.text, "tiny", spec.label, f"tiny-clip:seed{seed}", True, load_tiny)
+    if spec.kind == "random":
+        def load_random(device, seed=seed, label=spec.label):
             import torch
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
                 model = _model.load_clip(arch, None, device=device)
-            model.pretrained = f"random:seed{seed}"
+            model.pretrained = label
             return model
 
-        return Weights(spec, _model.canonical_arch(arch), f"random:seed{seed}",
+        return Weights(spec.text, _model.canonical_arch(arch), spec.label,
                        f"random-init:{_model.canonical_arch(arch)}:seed{seed}", True, load_random)
-    if kind == "synthetic":
+    if spec.kind == "synthetic":
         script = synthetic_script or os.environ.get(ENV_SYNTHETIC_SCRIPT)
         if not script:
             raise WeightsError(
@@ -108,16 +106,16 @@ def resolve_weights(arch: str, pretrained: str, synthetic_script: str | None = N
             raise WeightsError(f"the synthetic-weights script knows {sorted(archs)}, not {arch!r}")
         recipe = getattr(mod, "RECIPE_VERSION", "?")
 
-        def load_synth(device, mod=mod, oarch=oarch, seed=seed):
+        def load_synth(device, mod=mod, oarch=oarch, seed=seed, label=spec.label):
             sd = mod.make_state_dict(oarch, seed=seed, anomalies=True)
             model = _model.load_clip(arch, sd, device=device, quick_gelu=True)
-            model.pretrained = f"synthetic:seed{seed}"
+            model.pretrained = label
             return model
 
-        return Weights(spec, _model.canonical_arch(arch), f"synthetic:seed{seed}",
+        return Weights(spec.text, _model.canonical_arch(arch), spec.label,
                        f"synthetic:{oarch}:seed{seed}:recipe{recipe}", True, load_synth)
-    path = Path(spec).expanduser()
-    if os.sep in spec or path.exists():
+    if spec.kind == "file":
+        path = Path(spec.text).expanduser()
         if not path.is_file():
             raise WeightsError(f"weights file {path} does not exist")
         st = path.stat()
@@ -126,9 +124,9 @@ def resolve_weights(arch: str, pretrained: str, synthetic_script: str | None = N
         def load_file(device, path=path):
             return _model.load_clip(arch, str(path), device=device)
 
-        return Weights(spec, _model.canonical_arch(arch), f"file:{path.name}", ident, False, load_file)
+        return Weights(spec.text, _model.canonical_arch(arch), spec.label, ident, False, load_file)
 
-    def load_tag(device, tag=spec):
+    def load_tag(device, tag=spec.text):
         return _model.load_clip(arch, tag, device=device)
 
-    return Weights(spec, _model.canonical_arch(arch), spec, f"tag:{spec}", False, load_tag)
+    return Weights(spec.text, _model.canonical_arch(arch), spec.label, f"tag:{spec.text}", False, load_tag)

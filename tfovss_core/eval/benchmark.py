@@ -42,6 +42,7 @@ from tfovss_core.eval.datasets import (BENCHMARK_ORDER, SHORT_NAMES, DatasetLayo
                        get_importer)
 from tfovss_core.errors import TfovssError, WeightsError
 from tfovss_core.clip.weights import ENV_SYNTHETIC_SCRIPT, Weights
+from tfovss_core.spec.weights import SYNTHETIC_BANNER  # noqa: F401  (the one banner, re-exported)
 from tfovss_core.clip.weights import resolve_weights as _resolve_weights
 from tfovss_core.eval.metrics import image_confusion, metrics_from_confusion
 from tfovss_core.spec.records import jsonable, read_records, settings_key, utc_now
@@ -49,8 +50,6 @@ from tfovss_core.spec.records import jsonable, read_records, settings_key, utc_n
 RUN_FORMAT = 1
 PAPER_BENCHMARKS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff",
                     "cityscapes", "ade20k")
-SYNTHETIC_BANNER = ("SYNTHETIC WEIGHTS: random test weights, not a pretrained CLIP; these numbers "
-                    "only check the pipeline and must not be compared with published results.")
 
 
 class BenchmarkError(TfovssError):

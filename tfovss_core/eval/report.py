@@ -11,7 +11,8 @@ from typing import Sequence
 import numpy as np
 
 from tfovss_core.clip.weights import Weights
-from tfovss_core.eval.benchmark import SYNTHETIC_BANNER, RunResult
+from tfovss_core.eval.benchmark import RunResult
+from tfovss_core.spec.weights import SYNTHETIC_BANNER
 from tfovss_core.eval.datasets import BENCHMARK_ORDER, SHORT_NAMES
 from tfovss_core.spec.records import jsonable, utc_now
 

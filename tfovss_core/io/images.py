@@ -1,4 +1,12 @@
-"""Reading and resizing input images (mmseg-style test pipeline)."""
+"""Reading and resizing input images (mmseg-style test pipeline).
+
+One orientation rule for every reader: an image is the image as displayed, i.e. with its EXIF
+Orientation applied (``PIL.ImageOps.exif_transpose``), for every format that carries EXIF (JPEG,
+PNG ``eXIf``, WebP, TIFF). That is the size FiftyOne's metadata records and the App shows, and
+the array the official cv2-based pipelines read (``cv2.imread`` with ``IMREAD_COLOR``, mmcv's
+default ``color`` flag, rotates JPEG, PNG and WebP alike). Masks therefore align with the
+photo a user sees. Arrays carry no EXIF and are taken as they are.
+"""
 from __future__ import annotations
 
 import os
@@ -6,7 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tfovss_core.errors import InputError
 
@@ -14,6 +22,7 @@ from tfovss_core.errors import InputError
 CLIP_MEAN = (122.771, 116.746, 104.094)
 CLIP_STD = (68.501, 66.632, 70.323)
 
+ORIENTATION_TAG = 0x0112   # EXIF Orientation: 1 upright, 2-8 mirrored and/or rotated
 _CONVERTIBLE_MODES = {"RGB", "L", "P", "CMYK", "YCbCr", "1", "RGBA", "LA", "PA", "RGBX"}
 
 
@@ -30,7 +39,8 @@ def image_label(image, name: str | None = None) -> str:
 def load_image(image, name: str | None = None) -> np.ndarray:
     """An RGB uint8 ``(H, W, 3)`` array from a path, a PIL image or an array.
 
-    Files and PIL images in 8-bit modes (greyscale, palette, CMYK, RGBA: alpha dropped) are
+    Files and PIL images are turned upright by their EXIF Orientation (the module's rule), so
+    the array has the displayed size. Files and PIL images in 8-bit modes (greyscale, palette, CMYK, RGBA: alpha dropped) are
     converted to RGB, as dataset loaders do. Arrays must already be ``(H, W, 3)`` uint8 RGB.
     16-bit and float images are refused: their value range is ambiguous.
     """
@@ -42,17 +52,36 @@ def load_image(image, name: str | None = None) -> np.ndarray:
         try:
             with Image.open(path) as im:
                 im.load()
-                return _from_pil(im, label)
+                return _from_pil(upright(im), label)
         except InputError:
             raise
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise InputError(f"{label}: cannot decode the image file ({exc})") from None
+        except UnidentifiedImageError:  # PIL's message would repeat the path
+            raise InputError(f"{label}: cannot decode the image file (not an image, or a format "
+                             "Pillow cannot read)") from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            detail = str(exc).replace(f"'{path}'", "the file").replace(str(path), "the file")
+            raise InputError(f"{label}: cannot decode the image file ({detail})") from None
     if isinstance(image, Image.Image):
-        return _from_pil(image, label)
+        return _from_pil(upright(image), label)
     if isinstance(image, np.ndarray):
         return _check_array(image, label)
     raise InputError(f"{label}: unsupported image type {type(image).__name__}; "
                      "pass a file path, a PIL image or an HxWx3 uint8 RGB array")
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """The image as displayed: its EXIF Orientation applied (and the tag dropped), or itself."""
+    if im.getexif().get(ORIENTATION_TAG, 1) in (None, 1):
+        return im
+    return ImageOps.exif_transpose(im)
+
+
+def displayed_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of an image file as displayed (EXIF Orientation applied), without
+    decoding the pixels."""
+    with Image.open(path) as im:
+        w, h = im.size
+        return (h, w) if im.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8) else (w, h)
 
 
 def _from_pil(im: Image.Image, label: str) -> np.ndarray:

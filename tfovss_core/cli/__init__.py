@@ -12,12 +12,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 def parse_classes(text: str):
     """A preset name, a class file, or inline ``"cat; dog; person, man"`` (``;`` between classes,
-    ``,`` between synonyms)."""
-    from tfovss_core.spec import presets
-    from tfovss_core.clip.text import parse_class_text
-    if text in presets.list_presets() or Path(text).is_file():
-        return text
-    return parse_class_text(text)
+    ``,`` between synonyms): a :class:`~tfovss_core.spec.classes.ClassSource`."""
+    from tfovss_core.spec.classes import resolve_classes
+    return resolve_classes(text)
 
 
 def expand_images(paths: list[str]) -> list[Path]:

@@ -174,20 +174,27 @@ def process(model: ModelPass, work: Work, prepared=None) -> Outcome:
     labels = list(work.labels)
     multi = model.multi(labels)
     if multi is not None:
+        try:  # an image that cannot be decoded fails every run at once
+            if hasattr(prepared, "result"):
+                ready = prepared.result()
+            else:
+                ready = prepared if prepared is not None else multi.prepare_all(work.item.source)
+        except model.item_errors as exc:
+            out.errors = {lb: exc for lb in labels}
+            out.seconds = time.time() - t
+            return out
         try:
-            ready = prepared.result() if hasattr(prepared, "result") else prepared
             results = multi.predict(work.item.source, prepared=ready)
         except model.item_errors as exc:
-            if len(labels) == 1 or _is_decode_error(prepared):
-                out.errors = {lb: exc for lb in labels}
+            if len(labels) == 1:
+                out.errors = {labels[0]: exc}
                 out.seconds = time.time() - t
                 return out
             # a shared pass failed: each method alone, so only the one that raises is charged
         else:
             out.results = dict(results)
             out.groups = [list(g) for g in multi.last_groups]
-            if ready:
-                out.image = next(iter(ready.values()))[0]
+            out.image = next(iter(ready.values()))[0]
             out.seconds = time.time() - t
             return out
     for lb in labels:
@@ -197,10 +204,6 @@ def process(model: ModelPass, work: Work, prepared=None) -> Outcome:
             out.errors[lb] = exc
     out.seconds = time.time() - t
     return out
-
-
-def _is_decode_error(prepared) -> bool:
-    return hasattr(prepared, "exception") and prepared.exception() is not None
 
 
 def run_batch(model: ModelPass | ModelSpec, works: Sequence[Work]) -> list[Outcome]:

@@ -56,7 +56,7 @@ class OVSSModel(fom.Model):
     def __init__(self, config: OVSSModelConfig, clip=None):
         import tfovss_core as tc
 
-        from tfovss_fiftyone.prelabel import parse_vocabulary, vocabulary_from_mask_targets
+        from tfovss_core.spec.classes import resolve_classes
 
         self.config = config
         clip = clip if clip is not None else get_clip(config.arch, config.pretrained,
@@ -65,20 +65,10 @@ class OVSSModel(fom.Model):
         if classes is None:
             raise ValueError("load_ovss_model needs classes=: a preset name, mask_targets, a "
                              "list of names or one-class-per-line text")
-        if isinstance(classes, str) and classes.strip() in tc.presets.list_presets():
-            seg_classes, values = classes.strip(), None
-        elif isinstance(classes, Mapping):
-            rows = vocabulary_from_mask_targets(classes)
-            seg_classes, values = [n for _, n in rows], [v for v, _ in rows]
-        elif isinstance(classes, str):
-            rows = parse_vocabulary(classes)
-            seg_classes, values = [n for _, n in rows], [v for v, _ in rows]
-        else:
-            seg_classes, values = list(classes), None
-        self.segmenter = tc.Segmenter(clip, method=config.method, classes=seg_classes,
+        source = resolve_classes(classes, files=False)  # the one resolution (core, plugin, CLI)
+        self.segmenter = tc.Segmenter(clip, method=config.method, classes=source.segmenter_classes(),
                                       **config.method_options, **config.settings)
-        if values is None:
-            values = list(range(len(self.segmenter.class_names)))
+        values = source.values(config.method)
         self._lut = np.asarray(values, dtype=np.int64)
         self._dtype = np.uint8 if max(values) <= 255 else np.uint16
         self.mask_targets = {int(v): str(n) for v, n in zip(values, self.segmenter.class_names)}

@@ -29,7 +29,6 @@ for its method alone, under the same rules::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -40,12 +39,16 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from tfovss_core.errors import ConfigError
+from tfovss_core.spec import vocabulary as _vocabulary
+from tfovss_core.spec.classes import ClassSource, resolve_classes
+from tfovss_core.spec.records import settings_key
+
 logger = logging.getLogger(__name__)
 
 RUN_PREFIX = "tfovss_prelabel_"
 HASH_ATTR = "tfovss_hash"
 _FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_VALUE_RE = re.compile(r"^\s*(\d+)\s*:\s*(.*)$")
 
 
 class PrelabelInputError(ValueError):
@@ -57,63 +60,18 @@ class PrelabelInputError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 def parse_vocabulary(text: str) -> list[tuple[int, list[str]]]:
-    """``[(value, [name, synonym, ...]), ...]`` from free text.
-
-    One class per line, synonyms separated by commas; the first name is the display name. A line
-    may start with ``<value>:`` to give the mask value explicitly (then every line must); else
-    the value is the line's index. Blank lines and lines starting with ``#`` are ignored. The first
-    class gets the pixels under the background threshold, so it is usually ``background``.
-    """
-    rows = []
-    for raw in str(text or "").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _VALUE_RE.match(line)
-        value = int(m.group(1)) if m else None
-        rest = m.group(2) if m else line
-        names = [n.strip() for n in rest.split(",") if n.strip()]
-        if not names:
-            raise PrelabelInputError(f"vocabulary line {raw!r} has no class name")
-        rows.append((value, names))
-    if not rows:
-        raise PrelabelInputError("the vocabulary is empty: give one class per line")
-    explicit = [v is not None for v, _ in rows]
-    if any(explicit) and not all(explicit):
-        raise PrelabelInputError("give a '<value>:' prefix on every vocabulary line or on none")
-    if not any(explicit):
-        rows = [(i, names) for i, (_, names) in enumerate(rows)]
-    values = [v for v, _ in rows]
-    if len(set(values)) != len(values):
-        dup = sorted({v for v in values if values.count(v) > 1})
-        raise PrelabelInputError(f"vocabulary values {dup} are used twice")
-    if max(values) > 65535:
-        raise PrelabelInputError("vocabulary values must be <= 65535")
-    names = [n[0].lower() for _, n in rows]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise PrelabelInputError(f"class names {dup} appear on several lines; put synonyms on one "
-                                 "line, separated by commas")
-    return rows
+    """``[(value, [name, synonym, ...]), ...]`` from free text: the core's one parser
+    (:func:`tfovss_core.spec.vocabulary.parse_vocabulary`; one class per line, synonyms separated by
+    commas, optional ``<value>:`` prefixes, ``#`` comments), its errors as
+    :class:`PrelabelInputError` for the forms."""
+    try:
+        return _vocabulary.parse_vocabulary(text)
+    except ConfigError as e:
+        raise PrelabelInputError(str(e)) from None
 
 
-def vocabulary_from_mask_targets(targets: Mapping) -> list[tuple[int, list[str]]]:
-    rows = []
-    for k, v in sorted(((int(k), v) for k, v in targets.items())):
-        rows.append((k, [str(v)]))
-    if not rows:
-        raise PrelabelInputError("the mask_targets are empty")
-    return rows
-
-
-def vocabulary_to_text(rows: Sequence[tuple[int, Sequence[str]]]) -> str:
-    """Inverse of :func:`parse_vocabulary` (explicit values unless they are 0..n-1)."""
-    implicit = [v for v, _ in rows] == list(range(len(rows)))
-    lines = []
-    for v, names in rows:
-        body = ", ".join(names)
-        lines.append(body if implicit else f"{v}: {body}")
-    return "\n".join(lines)
+vocabulary_from_mask_targets = _vocabulary.vocabulary_from_mask_targets
+vocabulary_to_text = _vocabulary.vocabulary_to_text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,13 +154,20 @@ def list_prelabel_runs(dataset) -> dict[str, dict]:
 # the run
 # ---------------------------------------------------------------------------------------------
 
-def settings_hash(description: Mapping, values: Sequence[int]) -> str:
+def prelabel_settings(description: Mapping, values: Sequence[int]) -> dict:
+    """Everything that determines a pre-label field's masks: the Segmenter's description (method,
+    options, model and weights, classes, settings; not the device) and the mask values. Its
+    :func:`tfovss_core.spec.records.settings_key` is the field's settings hash."""
     d = json.loads(json.dumps(description, default=str))
     model = d.get("model")
     if isinstance(model, dict):
         model.pop("device", None)
-    blob = json.dumps({"segmenter": d, "values": list(values)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return {"job": "prelabel", "segmenter": d, "values": [int(v) for v in values]}
+
+
+def settings_hash(description: Mapping, values: Sequence[int]) -> str:
+    """The run key of a pre-label field (the one run hash of tfovss, of :func:`prelabel_settings`)."""
+    return settings_key(prelabel_settings(description, values))
 
 
 def default_output_dir(dataset) -> str:
@@ -343,19 +308,15 @@ class _FieldPlan:
     report: PrelabelReport | None = None
 
 
-def _resolve_classes(classes, tc):
-    """``(preset name, None)`` or ``(None, [(value, [name, synonym, ...]), ...])``."""
-    if isinstance(classes, str) and "\n" not in classes and "," not in classes \
-            and classes.strip() in tc.presets.list_presets():
-        return classes.strip(), None
-    if isinstance(classes, Mapping):
-        return None, vocabulary_from_mask_targets(classes)
-    if isinstance(classes, str):
-        return None, parse_vocabulary(classes)
-    if classes:
-        return None, [(i, [c] if isinstance(c, str) else [str(s) for s in c])
-                      for i, c in enumerate(classes)]
-    raise PrelabelInputError("no vocabulary: give a preset, mask_targets or class names")
+def _resolve_classes(classes) -> ClassSource:
+    """The core's class resolution (a preset, ``{value: name}`` mask targets, text or a list;
+    never a server-side file path from a form), its errors as :class:`PrelabelInputError`."""
+    if classes is None or (not isinstance(classes, (str, Mapping)) and not classes):
+        raise PrelabelInputError("no vocabulary: give a preset, mask_targets or class names")
+    try:
+        return resolve_classes(classes, files=False)
+    except ConfigError as e:
+        raise PrelabelInputError(str(e)) from None
 
 
 def _check_fields(samples, plans: Sequence[_FieldPlan]) -> None:
@@ -374,9 +335,10 @@ def _check_fields(samples, plans: Sequence[_FieldPlan]) -> None:
         raise PrelabelInputError(f"field names {dup} are used twice in one run")
 
 
-def _resolve_plan(p: _FieldPlan, seg, model, rows, preset_name) -> None:
+def _resolve_plan(p: _FieldPlan, seg, model, source: ClassSource) -> None:
     """Vocabulary values, settings description and hash of ``p`` from its Segmenter."""
-    p.rows = [(i, [n]) for i, n in enumerate(seg.class_names)] if preset_name else rows
+    p.rows = ([(i, [n]) for i, n in enumerate(seg.class_names)] if source.preset
+              else [(v, list(names)) for v, names in source.rows])
     values = [v for v, _ in p.rows]
     p.description = seg.describe()
     try:
@@ -460,12 +422,6 @@ def _labels_of(p: _FieldPlan, sid: str, res, synthetic: bool):
     return fo.Segmentation(mask_path=mpath, **attrs), heatmap
 
 
-def _failed(p: _FieldPlan, sid: str, path: str, e: Exception) -> None:
-    p.report.failures.append({"sample_id": sid, "filepath": path,
-                              "error": f"{type(e).__name__}: {e}"})
-    logger.warning("pre-label of '%s' failed on %s: %s", p.field, path, e)
-
-
 def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch, pretrained,
          model, settings, device, batch_size, output_dir, overwrite, skip_labelled, progress,
          vocabulary_source) -> MultiPrelabelReport:
@@ -482,7 +438,8 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
     if samples.media_type != "image":
         raise PrelabelInputError(f"pre-labelling needs image samples, got {samples.media_type}")
     _check_fields(samples, plans)
-    preset_name, rows = _resolve_classes(classes, tc)
+    source = _resolve_classes(classes)
+    preset_name = source.preset
 
     # -- model + segmenters (may raise ConfigError / WeightsError: nothing written yet) -------
     drv = {k: v for k, v in (settings or {}).items() if v is not None}
@@ -490,28 +447,10 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
         drv.setdefault("batch_size", int(batch_size))
     if model is None:
         model = get_clip(arch, pretrained, device)
-    seg_classes = preset_name if preset_name else [names for _, names in rows]
-    specs = [(p.field, p.method, p.options) for p in plans]
-    if shared_trunk:
-        runners = {frozenset(p.field for p in plans):
-                   tc.MultiSegmenter(model, specs, classes=seg_classes, **drv)}
-        segs = next(iter(runners.values())).segmenters
-
-        def predict(path, fields):
-            key = frozenset(fields)  # a resumed run may need only some methods on a sample
-            if key not in runners:
-                runners[key] = tc.MultiSegmenter(model, [s for s in specs if s[0] in key],
-                                                 classes=seg_classes, **drv)
-            return runners[key].predict(path)
-    else:
-        (p0,) = plans
-        seg0 = tc.Segmenter(model, method=p0.method, classes=seg_classes, **p0.options, **drv)
-        segs, runners = {p0.field: seg0}, {}
-
-        def predict(path, fields):
-            return {p0.field: seg0.predict(path)}
+    segs = {p.field: tc.Segmenter(model, method=p.method, classes=source.segmenter_classes(),
+                                  **{**drv, **p.options}) for p in plans}
     for p in plans:
-        _resolve_plan(p, segs[p.field], model, rows, preset_name)
+        _resolve_plan(p, segs[p.field], model, source)
     synthetic = is_synthetic(getattr(model, "pretrained", None)) or is_synthetic(pretrained)
 
     # -- existing labels: resume / overwrite rules -------------------------------------------
@@ -537,51 +476,78 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
             p.run_extra = {"shared_trunk": True, "run_with": [q.field for q in plans]}
         _store_run(dataset, p, **run_args)
 
-    # -- label ----------------------------------------------------------------------------------
-    work = []
-    for sid, path in zip(view.values("id"), view.values("filepath")):
-        todo_here = [p for p in plans if sid not in p.to_skip]
-        if todo_here:
-            work.append((sid, path, todo_here))
-    todo = len(work)
-    done = 0
+    # -- label: the job runner, one model pass (shared trunk), results into set_values ------
+    from tfovss_core.engine.runner import Item, JobRunner, ModelPass, ModelSpec, RunRef
+
     batch_n = max(1, int(batch_size or 1))
-    for start in range(0, todo, batch_n):
-        chunk = work[start:start + batch_n]
-        labels = {p.field: {} for p in plans}
-        heatmaps = {p.field: {} for p in plans}
-        for sid, path, needed in chunk:
-            try:
-                results = predict(path, [p.field for p in needed])
-            except Exception as e:  # per-sample failure: listed, the run goes on
-                for p in needed:
-                    _failed(p, sid, path, e)
-                continue
-            for p in needed:
-                try:
-                    labels[p.field][sid], hm = _labels_of(p, sid, results[p.field], synthetic)
-                    if hm is not None:
-                        heatmaps[p.field][sid] = hm
-                except Exception as e:
-                    _failed(p, sid, path, e)
-        for p in plans:
-            if labels[p.field]:
-                dataset.set_values(p.field, labels[p.field], key_field="id")
-                if heatmaps[p.field]:
-                    dataset.set_values(p.confidence_field, heatmaps[p.field], key_field="id")
-            p.report.num_labelled += len(labels[p.field])
-        done += len(chunk)
+    sink = _FieldsSink(dataset, plans, synthetic)
+    # any error on one sample is that sample's failure (listed in the report); the run goes on
+    passes = ModelPass(ModelSpec(segs, shared_trunk=shared_trunk), item_errors=(Exception,))
+
+    def on_progress(done: int, todo: int) -> None:
+        if done % batch_n and done != todo:
+            return
+        sink.flush()  # the labels of a batch reach the database together
         if progress is not None:
             progress(done, todo, f"{done}/{todo} samples")
+
+    items = [Item(sid, path) for sid, path in zip(view.values("id"), view.values("filepath"))]
+    JobRunner(passes, [RunRef(p.field, p.hash) for p in plans], sink,
+              item_errors=(Exception,), progress=on_progress).run(items)
     seconds = round(time.time() - t0, 3)
     for p in plans:
         p.report.num_failed = len(p.report.failures)
         p.report.seconds = seconds
         _store_run(dataset, p, **run_args)
-    trunk_runs = sum(r.trunk_runs for r in runners.values())
     return MultiPrelabelReport(reports={p.field: p.report for p in plans},
                                methods={p.field: p.method for p in plans},
-                               trunk_runs=trunk_runs, seconds=seconds)
+                               trunk_runs=passes.trunk_runs, seconds=seconds)
+
+
+class _FieldsSink:
+    """The pre-label sink: each result's mask (and confidence) PNGs, then the labels of a batch
+    into their fields with one ``set_values`` per field. ``done``: the samples a field already
+    holds with the same settings hash (resume)."""
+
+    def __init__(self, dataset, plans: Sequence[_FieldPlan], synthetic: bool):
+        self.dataset = dataset
+        self.plans = {p.field: p for p in plans}
+        self.synthetic = synthetic
+        self.labels: dict[str, dict] = {f: {} for f in self.plans}
+        self.heatmaps: dict[str, dict] = {f: {} for f in self.plans}
+
+    def done(self, run) -> set:
+        return self.plans[run.label].to_skip
+
+    def write(self, outcome) -> None:
+        sid = outcome.item.id
+        for f, res in outcome.results.items():
+            p = self.plans[f]
+            try:
+                self.labels[f][sid], hm = _labels_of(p, sid, res, self.synthetic)
+                if hm is not None:
+                    self.heatmaps[f][sid] = hm
+            except Exception as e:  # this field's files could not be written: its failure
+                self.failure(outcome.item, e, [f])
+
+    def failure(self, item, error, labels) -> None:
+        for f in labels:
+            self.plans[f].report.failures.append({"sample_id": item.id, "filepath": item.source,
+                                                  "error": f"{type(error).__name__}: {error}"})
+        logger.warning("pre-label of %s failed on %s: %s", ", ".join(f"'{f}'" for f in labels),
+                       item.source, error)
+
+    def flush(self) -> None:
+        for f, p in self.plans.items():
+            if self.labels[f]:
+                self.dataset.set_values(f, self.labels[f], key_field="id")
+                if self.heatmaps[f]:
+                    self.dataset.set_values(p.confidence_field, self.heatmaps[f], key_field="id")
+            p.report.num_labelled += len(self.labels[f])
+            self.labels[f], self.heatmaps[f] = {}, {}
+
+    def close(self) -> None:
+        self.flush()
 
 
 def _write_png(arr: np.ndarray, path: str) -> None:

@@ -12,12 +12,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 def parse_classes(text: str):
     """A preset name, a class file, or inline ``"cat; dog; person, man"`` (``;`` between classes,
-    ``,`` between synonyms)."""
-    from tfovss_core.spec import presets
-    from tfovss_core.clip.text import parse_class_text
-    if text in presets.list_presets() or Path(text).is_file():
-        return text
-    return parse_class_text(text)
+    ``,`` between synonyms): a :class:`~tfovss_core.spec.classes.ClassSource`."""
+    from tfovss_core.spec.classes import resolve_classes
+    return resolve_classes(text)
 
 
 def expand_images(paths: list[str]) -> list[Path]:
@@ -31,14 +28,12 @@ def expand_images(paths: list[str]) -> list[Path]:
 
 
 def cmd_segment(args) -> int:
-    import numpy as np
     from tqdm.auto import tqdm
 
+    from tfovss_core.engine.runner import Item, JobRunner, RunRef
     from tfovss_core.engine.segmenter import Segmenter
     from tfovss_core.spec.settings import parse_sets
     from tfovss_core.errors import TfovssError, WeightsError
-    from tfovss_core.io.images import load_image
-    from tfovss_core.export.overlay import overlay, save_index_mask
     from tfovss_core.clip.weights import resolve_weights
     from tfovss_core.spec.weights import SYNTHETIC_BANNER, parse_weights_spec
 
@@ -56,7 +51,8 @@ def cmd_segment(args) -> int:
         return 2
     synthetic = weights.synthetic
     try:
-        seg = Segmenter(model, method=args.method, classes=parse_classes(args.classes), **parse_sets(args.set))
+        classes = parse_classes(args.classes)
+        seg = Segmenter(model, method=args.method, classes=classes, **parse_sets(args.set))
     except TfovssError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -71,27 +67,23 @@ def cmd_segment(args) -> int:
     t0 = time.time()
     text = seg.text_features  # encoded (or loaded from the cache) once, before the progress bar
     del text
-    failures: list[tuple[str, str]] = []
-    written: list[dict] = []
-    stems: set[str] = set()
-    for path in tqdm(images, desc=f"{seg.method.name}", unit="img", disable=args.quiet):
+    sink = SegmentFilesSink(out, seg.class_names, classes.values(seg.method.name),
+                            banner=SYNTHETIC_BANNER if synthetic else None)
+    items, stems = [], set()
+    for order, path in enumerate(images):
         stem = path.stem if path.stem not in stems else f"{path.stem}_{len(stems)}"
         stems.add(stem)
-        mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.jpg"
-        if not args.overwrite and (mask_path.exists() or overlay_path.exists()):
-            failures.append((str(path), f"{path}: output {mask_path.name} exists (use --overwrite to replace it)"))
-            continue
-        try:
-            rgb = load_image(path)
-            res = seg.predict(rgb, name=str(path))
-        except TfovssError as exc:  # the message names the image already
-            failures.append((str(path), str(exc)))
-            continue
-        save_index_mask(res.mask, mask_path, seg.num_classes)
-        overlay(rgb, res.mask, res.class_names, banner=SYNTHETIC_BANNER if synthetic else None).save(overlay_path, quality=90)
-        present = {int(c): int(n) for c, n in zip(*np.unique(res.mask, return_counts=True))}
-        written.append({"image": str(path), "mask": mask_path.name, "overlay": overlay_path.name,
-                        "classes_present": {res.class_names[c]: n for c, n in present.items()}})
+        item = Item(stem, path, context=(order, out / f"{stem}_mask.png", out / f"{stem}_overlay.jpg"))
+        if not args.overwrite and (item.context[1].exists() or item.context[2].exists()):
+            sink.failure(item, FileExistsError(f"output {item.context[1].name} exists (use --overwrite to "
+                                               "replace it)"), [seg.method.name])
+        else:
+            items.append(item)
+    bar = tqdm(total=len(items), desc=f"{seg.method.name}", unit="img", disable=args.quiet)
+    JobRunner({seg.method.name: seg}, [RunRef(seg.method.name, "segment")], sink,
+              progress=lambda done, total: bar.update(1)).run(items)
+    bar.close()
+    written, failures = sink.written(), sink.failures()
     run = {"tool": "tfovss segment", "synthetic_weights": synthetic, **seg.describe(),
            "images": written, "failures": [{"image": i, "error": e} for i, e in failures],
            "seconds": round(time.time() - t0, 2)}
@@ -105,6 +97,61 @@ def cmd_segment(args) -> int:
             print(f"  {error}", file=sys.stderr)
         return 1
     return 0
+
+
+class SegmentFilesSink:
+    """``tfovss segment``'s sink: per image a class-index mask PNG (the vocabulary's values) and an
+    overlay JPEG, plus the list of what was written and what failed, in the order given.
+
+    An item's ``context`` is ``(order, mask path, overlay path)``. ``done`` is empty: existing
+    outputs are refused (not silently taken as done) unless ``--overwrite``."""
+
+    def __init__(self, out: Path, class_names: list[str], values: list[int], banner: str | None):
+        import numpy as np
+
+        self.out = out
+        self.class_names = list(class_names)
+        self.lut = np.asarray(values, dtype=np.int64)
+        self.identity = list(values) == list(range(len(values)))
+        self.banner = banner
+        self._written: dict[int, dict] = {}
+        self._failures: dict[int, tuple[str, str]] = {}
+
+    def done(self, run) -> set:
+        return set()
+
+    def write(self, outcome) -> None:
+        import numpy as np
+
+        from tfovss_core.export.overlay import overlay, save_index_mask
+        from tfovss_core.io.images import load_image
+
+        order, mask_path, overlay_path = outcome.item.context
+        (res,) = outcome.results.values()
+        rgb = outcome.image if outcome.image is not None else load_image(outcome.item.source)
+        stored = res.mask if self.identity else self.lut[res.mask.astype(np.int64)]
+        try:
+            save_index_mask(stored, mask_path, int(self.lut.max(initial=0)) + 1)
+            overlay(rgb, res.mask, res.class_names, banner=self.banner).save(overlay_path, quality=90)
+        except OSError as exc:
+            self.failure(outcome.item, exc, list(outcome.results))
+            return
+        present = {int(c): int(n) for c, n in zip(*np.unique(res.mask, return_counts=True))}
+        self._written[order] = {"image": str(outcome.item.source), "mask": mask_path.name,
+                                "overlay": overlay_path.name,
+                                "classes_present": {res.class_names[c]: n for c, n in present.items()}}
+
+    def failure(self, item, error, labels) -> None:
+        self._failures[item.context[0]] = (str(item.source), str(error))
+
+    def close(self) -> None:
+        pass
+
+    def written(self) -> list[dict]:
+        return [self._written[k] for k in sorted(self._written)]
+
+    def failures(self) -> list[tuple[str, str]]:
+        return [self._failures[k] for k in sorted(self._failures)]
 
 
 def cmd_methods(args) -> int:

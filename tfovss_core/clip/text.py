@@ -1,6 +1,6 @@
-"""Prompt templates, class vocabularies with synonyms, and the cached text classifier.
+"""Prompt templates and the cached text classifier.
 
-A *class* is one or more *queries* (synonyms); every query is filled into every template, each
+A *class* is one or more *queries* (synonyms; :class:`tfovss_core.spec.vocabulary.Vocabulary`); every query is filled into every template, each
 prompt embedding is L2-normalised, the template embeddings of a query are averaged and the mean is
 normalised again (the recipe of every SCLIP-family repo and ClearCLIP). Per-query embeddings are
 cached on disk, keyed by the text tower's weights digest, the templates, the query and the recipe,
@@ -12,9 +12,8 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -67,51 +66,6 @@ def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
     if bad:
         raise ConfigError(f"every template needs exactly one '{{}}' placeholder; bad: {bad[:3]}")
     return out
-
-
-@dataclass(frozen=True)
-class Vocabulary:
-    """Classes with synonyms, flattened into queries.
-
-    ``classes[c]`` is the list of query strings of class ``c``; ``query_class[q]`` is the class
-    of query ``q``. The display name of a class is its first query.
-    """
-
-    classes: tuple[tuple[str, ...], ...]
-
-    @classmethod
-    def from_spec(cls, spec: Iterable) -> "Vocabulary":
-        classes = []
-        for i, item in enumerate(spec):
-            names = [item] if isinstance(item, str) else list(item)
-            names = [str(n).strip() for n in names]
-            if not names or any(not n for n in names):
-                raise ConfigError(f"class {i} ({item!r}) has an empty name")
-            classes.append(tuple(names))
-        if not classes:
-            raise ConfigError("the class list is empty: give at least one class name or a preset name")
-        return cls(tuple(classes))
-
-    @property
-    def queries(self) -> list[str]:
-        return [q for names in self.classes for q in names]
-
-    @property
-    def query_class(self) -> list[int]:
-        return [c for c, names in enumerate(self.classes) for _ in names]
-
-    @property
-    def names(self) -> list[str]:
-        return [names[0] for names in self.classes]
-
-    def __len__(self) -> int:
-        return len(self.classes)
-
-
-def parse_class_text(text: str) -> list[list[str]]:
-    """Inline vocabulary: classes separated by ``;`` or newlines, synonyms by ``,``."""
-    parts = [p for chunk in text.replace("\n", ";").split(";") if (p := chunk.strip())]
-    return [[s.strip() for s in p.split(",") if s.strip()] for p in parts]
 
 
 def default_cache_dir() -> Path:

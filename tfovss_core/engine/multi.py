@@ -23,7 +23,10 @@ windows is released before the next batch, and results are streamed by :meth:`it
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Iterator, Sequence
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -221,6 +224,33 @@ class MultiSegmenter:
                 "trunk_groups_last_image": [list(g) for g in self.last_groups]}
 
 
+def prefetch(items: Iterable, task: Callable[[Any], Callable[[], Any] | None], workers: int = 2,
+             ahead: int | None = None) -> Iterator[tuple[Any, Future | None]]:
+    """``(item, future)`` in order, the futures computing ahead in ``workers`` threads.
+
+    ``task(item)`` runs on the caller's thread (so it may build or look up shared state) and
+    returns the zero-argument job to run in a worker thread, or None for nothing to prepare. At
+    most ``ahead`` (default ``2 * workers``) items are in flight, so memory stays bounded; a job's
+    error comes out of ``future.result()``.
+    """
+    ahead = max(1, ahead if ahead is not None else 2 * max(1, workers))
+    it = iter(items)
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="tfovss-decode") as pool:
+        def submit() -> None:
+            for item in it:
+                job = task(item)
+                pending.append((item, pool.submit(job) if job is not None else None))
+                return
+
+        for _ in range(ahead):
+            submit()
+        while pending:
+            item, future = pending.popleft()
+            submit()
+            yield item, future
+
+
 def stream(runner, images: Iterable, workers: int = 2, ahead: int | None = None) -> Iterator[tuple[Any, Any]]:
     """Segments ``images`` in order, decoding the next ones in worker threads meanwhile.
 
@@ -230,31 +260,15 @@ def stream(runner, images: Iterable, workers: int = 2, ahead: int | None = None)
     the GPU (copied from pinned host memory), so decoding, resizing and the copy overlap with the
     GPU's work on the current image. A bad image yields its :class:`InputError`, the rest go on.
     """
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
     single = isinstance(runner, Segmenter)
     multi = MultiSegmenter(runner.model, [runner]) if single else runner
-    ahead = max(1, ahead if ahead is not None else 2 * max(1, workers))
-    it = iter(images)
-    pending: deque = deque()
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="tfovss-decode") as pool:
-        def submit() -> None:
-            for im in it:
-                pending.append((im, pool.submit(multi.prepare_all, im)))
-                return
-
-        for _ in range(ahead):
-            submit()
-        while pending:
-            im, future = pending.popleft()
-            submit()
-            try:
-                out = multi.predict(im, prepared=future.result())
-            except InputError as exc:
-                yield im, exc
-                continue
-            yield im, (next(iter(out.values())) if single else out)
+    for im, future in prefetch(images, lambda im: partial(multi.prepare_all, im), workers, ahead):
+        try:
+            out = multi.predict(im, prepared=future.result())
+        except InputError as exc:
+            yield im, exc
+            continue
+        yield im, (next(iter(out.values())) if single else out)
 
 
 # -- fast mode: departs from the papers' protocol -----------------------------------------------------
@@ -292,4 +306,4 @@ def compare(model: ClipModel, image, methods: Sequence = ("clip", "maskclip", "s
     return MultiSegmenter(model, methods, classes=classes, **settings).predict(image)
 
 
-__all__ = ["MultiSegmenter", "SharedTrunk", "compare", "stream", "FAST_MODES", "fast_settings"]
+__all__ = ["MultiSegmenter", "SharedTrunk", "compare", "prefetch", "stream", "FAST_MODES", "fast_settings"]

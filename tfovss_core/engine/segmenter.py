@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -28,7 +27,8 @@ from tfovss_core.methods.base import WindowContext
 from tfovss_core.clip.loading import ClipModel
 from tfovss_core.ops.pamr import pamr
 from tfovss_core.ops.postprocess import probabilities_and_mask
-from tfovss_core.clip.text import Vocabulary, resolve_templates
+from tfovss_core.clip.text import resolve_templates
+from tfovss_core.spec.classes import resolve_classes
 
 
 @dataclass
@@ -61,36 +61,22 @@ class Segmenter:
 
     ``classes`` is a preset name (``"voc21"``, ``"ade20k"``, ... : its class file and the method's
     official settings for that dataset are applied), a path to a class file (one class per line,
-    synonyms separated by ``", "``), or a list whose items are a name or a list of synonyms.
-    ``settings`` are driver settings (:class:`Settings`) and method options, by name; explicit
+    synonyms separated by ``", "``), a list whose items are a name or a list of synonyms, or
+    ``{value: name}`` mask targets (:func:`tfovss_core.spec.classes.resolve_classes`). ``settings`` are driver settings (:class:`Settings`) and method options, by name; explicit
     values override the preset's and the method's defaults.
     """
 
     def __init__(self, model: ClipModel, method: str | Method = "sclip", classes=None, **settings):
-        if classes is None:
-            raise ConfigError("no classes given: pass a preset name (e.g. 'voc21') or a list of class names")
         self.model = model
         method_name = method if isinstance(method, str) else method.name
         method_cls = get_method_class(method_name) if isinstance(method, str) else type(method)
-        self.preset = None
+        source = resolve_classes(classes, inline_text=False)
+        self.preset = _presets.get_preset(source.preset) if source.preset else None
         preset_settings: dict = {}
-        if isinstance(classes, str) and _is_preset(classes):
-            self.preset = _presets.get_preset(classes)
-            spec = self.preset.classes(method_name)
-            preset_settings = _presets.method_settings(method_name, self.preset.name, model.visual.depth)
-        elif isinstance(classes, (str, Path)):
-            path = Path(classes)
-            if not path.is_file():
-                raise ConfigError(f"classes={str(classes)!r} is neither a preset ({', '.join(_presets.list_presets())}) "
-                                  "nor a class file; pass a list of class names for your own vocabulary")
-            spec = _presets.read_class_file(path)
-        else:
-            spec = classes
-        self.vocabulary = Vocabulary.from_spec(spec)
-        names = list(self.vocabulary.names)
         if self.preset is not None:
-            names = self.preset.class_names(method_name)
-        self.class_names = names
+            preset_settings = _presets.method_settings(method_name, self.preset.name, model.visual.depth)
+        self.vocabulary = source.vocabulary(method_name)
+        self.class_names = source.class_names(method_name)
 
         option_names = {f.name for f in method_cls.option_fields()}
         merged: dict = dict(method_cls.default_settings)
@@ -273,11 +259,3 @@ def guarded(predict, images: Iterable) -> Iterator[tuple[Any, Any]]:
             yield im, predict(im)
         except InputError as exc:
             yield im, exc
-
-
-def _is_preset(name: str) -> bool:
-    try:
-        _presets.get_preset(name)
-        return True
-    except KeyError:
-        return False

@@ -21,18 +21,12 @@ layout (methods as rows, datasets as columns, Avg), ``settings.json`` (every set
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import hashlib
-import io
 import json
 import os
 import re
 import sys
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -146,6 +140,8 @@ def confusion_from_records(records: Sequence[dict], num_classes: int) -> np.ndar
 def predicted_mask_path(run_dir: Path, sid: str) -> Path:
     """Where a run saves the predicted mask of image ``sid`` (``--save-masks``, ``--fiftyone``)."""
     return run_dir / "masks" / f"{sid}.png"
+
+
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> None:
@@ -346,7 +342,10 @@ class BenchmarkRunner:
         (r.spec.dir / "run.json").write_text(json.dumps(jsonable(r.meta), indent=1))
 
     def _compute(self, runs: list[_Run]) -> None:
-        """Streams the images any of ``runs`` (one dataset) still lacks, each image once for all."""
+        """Streams the images any of ``runs`` (one dataset) still lacks through the job runner,
+        each image once for all of them (:mod:`tfovss_core.engine.runner`)."""
+        from tfovss_core.engine.runner import Item, JobRunner, ModelPass, ModelSpec, RunRef
+
         imp = runs[0].spec.importer
         names = [r.spec.method for r in runs]
         selected = runs[0].selected
@@ -362,32 +361,25 @@ class BenchmarkRunner:
             tqdm = None
         bar = tqdm(total=len(todo), desc=f"{'+'.join(names)} {imp.name}", unit="img",
                    disable=not self.progress, file=sys.stderr, dynamic_ncols=True) if tqdm else None
-        multis: dict = {}
+
+        def progress(done: int, total: int) -> None:
+            if bar:
+                bar.update(1)
+                bar.set_postfix_str(" ".join(
+                    f"{'mIoU' if len(runs) == 1 else r.spec.method} "
+                    f"{100 * metrics_from_confusion(r.running)['mIoU']:.2f}" for r in runs))
+
+        model = ModelPass(ModelSpec({r.spec.method: r.seg for r in runs}), _SAMPLE_ERRORS)
         t0 = time.time()
-        with ExitStack() as stack:
-            files = [stack.enter_context(open(r.spec.records_path, "a", encoding="utf-8"))
-                     for r in runs]
-            for sample in imp.samples(limit=self.limit, skip=skip):
-                need = [(r, f) for r, f in zip(runs, files) if sample.id in r.todo]
-                t = time.time()
-                gt = None
-                try:
-                    gt = sample.load_gt()
-                    preds = self._predict([r for r, _ in need], str(sample.image_path), multis)
-                except _SAMPLE_ERRORS as exc:
-                    preds = {r.spec.method: exc for r, _ in need}
-                sec = round(time.time() - t, 3)
-                for r, f in need:
-                    self._record(r, f, sample.id, gt, preds[r.spec.method], sec)
-                if bar:
-                    bar.update(1)
-                    bar.set_postfix_str(" ".join(
-                        f"{'mIoU' if len(runs) == 1 else r.spec.method} "
-                        f"{100 * metrics_from_confusion(r.running)['mIoU']:.2f}" for r in runs))
+        with RecordsSink(self, runs) as sink:
+            items = (Item(sample.id, str(sample.image_path), sample)
+                     for sample in imp.samples(limit=self.limit, skip=skip))
+            JobRunner(model, [RunRef(r.spec.method, r.spec.key) for r in runs], sink,
+                      item_errors=_SAMPLE_ERRORS, progress=progress).run(items)
         if bar:
             bar.close()
         seconds = time.time() - t0
-        batches = sum(m.trunk_runs for m in multis.values())
+        batches = model.trunk_runs if len(runs) > 1 else 0
         self.trunk_batches += batches
         groups = dict.fromkeys("+".join(n for n in names if n == r.spec.method
                                         or n in r.res.shared_with)
@@ -401,42 +393,6 @@ class BenchmarkRunner:
                      f"{seconds:.1f}s" + (f", {len(r.res.failed)} failed" if r.res.failed else "")
                      + (f" (together with {', '.join(n for n in names if n != r.spec.method)})"
                         if len(runs) > 1 else ""))
-
-    def _predict(self, runs: list[_Run], path: str, multis: dict) -> dict[str, Any]:
-        """``{method: mask or error}`` for one image.
-
-        Several real :class:`Segmenter` s go through one :class:`~tfovss_core.engine.multi.MultiSegmenter`
-        (its grouping decides which share the frozen trunk; outputs equal each method alone). If
-        that pass fails, each method runs alone, so an error is charged only to the method that
-        raises it."""
-        from tfovss_core.engine.segmenter import Segmenter
-        from tfovss_core.engine.multi import MultiSegmenter
-
-        model = getattr(runs[0].seg, "model", None)
-        if len(runs) > 1 and all(isinstance(r.seg, Segmenter) and r.seg.model is model
-                                 for r in runs):
-            labels = tuple(r.spec.method for r in runs)
-            if labels not in multis:
-                multis[labels] = MultiSegmenter(model, [(r.spec.method, r.seg) for r in runs])
-            multi = multis[labels]
-            try:
-                out = multi.predict(path)
-            except _SAMPLE_ERRORS:
-                pass
-            else:
-                by = {r.spec.method: r for r in runs}
-                for group in multi.last_groups:
-                    for m in group:
-                        by[m].res.shared_with.extend(o for o in group
-                                                     if o != m and o not in by[m].res.shared_with)
-                return {m: res.mask for m, res in out.items()}
-        preds: dict[str, Any] = {}
-        for r in runs:
-            try:
-                preds[r.spec.method] = r.seg.predict(path).mask
-            except _SAMPLE_ERRORS as exc:
-                preds[r.spec.method] = exc
-        return preds
 
     def _record(self, r: _Run, f, sid: str, gt, pred, sec: float) -> None:
         """Appends one image's confusion record to the run (or its error to ``failed``)."""
@@ -460,3 +416,52 @@ class BenchmarkRunner:
         r.running += cm
         r.res.computed += 1
 
+
+class RecordsSink:
+    """The benchmark's sink: per run, one JSON-lines confusion record per image (appended and
+    flushed as soon as it is computed: the resume state), and the mask with ``--save-masks``.
+
+    ``done(run)``: the images of the run's split (within ``--limit``) that already have a record
+    (and their mask when masks are saved). The ground truth is read when an image's results
+    arrive; an image whose ground truth cannot be read fails for every run that computed it.
+    """
+
+    def __init__(self, runner: BenchmarkRunner, runs: list[_Run]):
+        self.runner = runner
+        self.runs = {r.spec.method: r for r in runs}
+        self.files = {m: open(r.spec.records_path, "a", encoding="utf-8")
+                      for m, r in self.runs.items()}
+
+    def __enter__(self) -> "RecordsSink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def done(self, run) -> set[str]:
+        r = self.runs[run.label]
+        return set(r.selected) - r.todo
+
+    def write(self, outcome) -> None:
+        sample, sid = outcome.item.context, outcome.item.id
+        sec = round(outcome.seconds, 3)
+        try:
+            gt = sample.load_gt()
+        except _SAMPLE_ERRORS as exc:
+            self.failure(outcome.item, exc, list(outcome.results), sec)
+            return
+        for group in outcome.groups:  # which methods shared the frozen trunk on this image
+            for m in group:
+                shared = self.runs[m].res.shared_with
+                shared.extend(o for o in group if o != m and o not in shared)
+        for m, res in outcome.results.items():
+            self.runner._record(self.runs[m], self.files[m], sid, gt, res.mask, sec)
+
+    def failure(self, item, error, labels, sec: float = 0.0) -> None:
+        for m in labels:
+            self.runner._record(self.runs[m], self.files[m], item.id, None, error, sec)
+
+    def close(self) -> None:
+        for f in self.files.values():
+            if not f.closed:
+                f.close()

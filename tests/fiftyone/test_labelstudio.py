@@ -464,6 +464,8 @@ def test_operators_and_cli_run_headless(ls_env, prelabelled, foo):
     from tfovss_fiftyone.labelstudio import main
 
     ds = prelabelled
+    uris = {o.uri for o in foo.list_operators(enabled=True)}
+    assert URI_SEND in uris and URI_LOAD in uris
     title = unique_name("operator")
     r = foo.execute_operator(URI_SEND, ctx={"dataset": ds, "params": {
         "label_field": "pre", "url": ls_env["url"], "project": title, "batch_size": 2}})

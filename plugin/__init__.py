@@ -9,10 +9,13 @@ results) import from any process that has the package, not only from this checko
 def register(p):
     from tfovss_fiftyone.operators import (CompareMethods, EvaluateSegmentations, ExportCocoMasks,
                                            PrelabelSegmentation)
+    from tfovss_fiftyone.operators import LoadFromLabelStudio, SendToLabelStudio
     from tfovss_fiftyone.panels import OVSSEvaluationsPanel
 
     p.register(PrelabelSegmentation)
     p.register(CompareMethods)
     p.register(EvaluateSegmentations)
     p.register(ExportCocoMasks)
+    p.register(SendToLabelStudio)
+    p.register(LoadFromLabelStudio)
     p.register(OVSSEvaluationsPanel)

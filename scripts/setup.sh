@@ -24,5 +24,6 @@ $VPY -m pip install -q --no-deps open_clip_torch==3.3.0
 $VPY -m pip install -q -e ".[test]"
 if [ "${TFOVSS_SKIP_FIFTYONE:-0}" != "1" ] && [ -f scripts/setup_fiftyone.sh ]; then
   bash scripts/setup_fiftyone.sh "$VPY"
+  bash scripts/setup_labelstudio.sh
 fi
 $VPY -c "import tfovss_core, torch, huggingface_hub; print('tfovss', tfovss_core.__version__, '| torch', torch.__version__, '| methods:', ', '.join(tfovss_core.list_methods()))"

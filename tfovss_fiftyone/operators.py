@@ -649,3 +649,158 @@ class ExportCocoMasks(foo.Operator):
         outputs.int("num_annotations", label="Annotations")
         outputs.int("num_categories", label="Categories")
         return types.Property(outputs, view=types.View(label="COCO export finished"))
+
+
+# -- Label Studio round trip (tfovss_fiftyone.labelstudio) ------------------------------------------
+
+def _labelstudio_connection(inputs, ctx):
+    import os
+
+    from tfovss_fiftyone.labelstudio import API_KEY_ENV, URL_ENV
+
+    inputs.str("url", default=ctx.secrets.get(URL_ENV) or os.environ.get(URL_ENV) or
+               "http://127.0.0.1:8080", required=True, label="Label Studio URL")
+    if not (ctx.secrets.get(API_KEY_ENV) or os.environ.get(API_KEY_ENV)):
+        forms.warning(inputs, "no_key", f"Set the {API_KEY_ENV} secret (or environment "
+                      "variable) of the FiftyOne server: the API key is never a form field.")
+
+
+def _labelstudio_key(ctx):
+    from tfovss_fiftyone.labelstudio import API_KEY_ENV
+
+    return ctx.secrets.get(API_KEY_ENV) or None  # None: the library reads the environment
+
+
+class SendToLabelStudio(foo.Operator):
+    @property
+    def config(self):
+        cfg = _operator_config(
+            "send_to_labelstudio", "Send pre-labels to Label Studio",
+            "Send a Segmentation field to a Label Studio project as predictions (one brush "
+            "region per class) for annotators to correct; a re-send updates the tasks")
+        return cfg
+
+    def resolve_input(self, ctx):
+        from tfovss_fiftyone.labelstudio import IMAGE_ROUTES
+
+        inputs = types.Object()
+        ctx.target_view()
+        ds = ctx.dataset
+        fields = forms.segmentation_fields(ds)
+        if not fields:
+            forms.error(inputs, "no_fields", "The dataset has no Segmentation field to send")
+            return types.Property(inputs, view=types.View(label="Send to Label Studio"))
+        forms.add_choice(inputs, "label_field", fields, default=fields[0], label="Field")
+        _labelstudio_connection(inputs, ctx)
+        field = ctx.params.get("label_field") or fields[0]
+        inputs.str("project", default=f"tfovss {ds.name} {field}", required=True,
+                   label="Project title", description="Created if no project has this title")
+        forms.add_choice(inputs, "image_route", list(IMAGE_ROUTES), default="upload",
+                         label="Images", radio=True,
+                         labels={"upload": "Upload them to Label Studio",
+                                 "local-files": "Label Studio serves them from its local-files "
+                                                "document root"})
+        if ctx.params.get("image_route") == "local-files":
+            inputs.str("document_root", required=True, label="Document root",
+                       description="The server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+        inputs.int("batch_size", default=20, min=1, label="Tasks per request")
+        return types.Property(inputs, view=types.View(label="Send to Label Studio"))
+
+    def execute(self, ctx):
+        from tfovss_fiftyone.labelstudio import LabelStudioError, send_for_review
+
+        p = ctx.params
+        try:
+            report = send_for_review(
+                ctx.target_view(), p.get("label_field"), url=p.get("url"),
+                api_key=_labelstudio_key(ctx), project=p.get("project"),
+                image_route=p.get("image_route") or "upload",
+                document_root=forms.path_param(p.get("document_root")),
+                batch_size=int(p.get("batch_size") or 20), progress=forms.Progress(ctx))
+        except LabelStudioError as e:
+            _fail(f"Nothing sent: {e}")
+        out = report.to_dict()
+        out["num_tasks"] = len(out.pop("tasks"))
+        return out
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("project_title", label="Project")
+        outputs.int("project_id", label="Project id")
+        outputs.int("num_created", label="Tasks created")
+        outputs.int("num_updated", label="Tasks updated")
+        outputs.int("num_unlabelled", label="Samples without a label (not sent)")
+        outputs.str("model_version", label="Model version (settings hash)")
+        return types.Property(outputs, view=types.View(label="Sent to Label Studio"))
+
+
+class LoadFromLabelStudio(foo.Operator):
+    @property
+    def config(self):
+        return _operator_config(
+            "load_from_labelstudio", "Load corrections from Label Studio",
+            "Load the submitted annotations of a sent field into a new Segmentation field and "
+            "measure how much of the pre-label the annotators kept")
+
+    def resolve_input(self, ctx):
+        from tfovss_fiftyone.labelstudio import RUN_PREFIX, UNLABELLED
+
+        inputs = types.Object()
+        ctx.target_view()
+        ds = ctx.dataset
+        sent = [k[len(RUN_PREFIX):] for k in (ds.list_runs() if ds is not None else [])
+                if k.startswith(RUN_PREFIX) and not k.startswith(RUN_PREFIX + "effort_")]
+        if not sent:
+            forms.error(inputs, "none_sent", "No field of this dataset was sent to Label Studio")
+            return types.Property(inputs, view=types.View(label="Load from Label Studio"))
+        forms.add_choice(inputs, "label_field", sent, default=sent[0], label="Sent field")
+        field = ctx.params.get("label_field") or sent[0]
+        inputs.str("out_field", default=f"{field}_corrected", required=True,
+                   label="Output field")
+        _labelstudio_connection(inputs, ctx)
+        forms.add_choice(inputs, "unlabelled", list(UNLABELLED), default="background",
+                         label="Pixels no region covers", radio=True)
+        if ctx.params.get("unlabelled") == "ignore":
+            inputs.int("ignore_value", default=255, label="Ignore value")
+        inputs.bool("include_unreviewed", default=False, label="Also load tasks nobody "
+                    "submitted yet (their pre-label)", view=types.CheckboxView())
+        inputs.bool("skip_missing", default=False, label="Skip tasks of deleted samples",
+                    view=types.CheckboxView())
+        out = ctx.params.get("out_field") or f"{field}_corrected"
+        if ds is not None and out in ds.get_field_schema():
+            inputs.bool("overwrite", default=False, label=f"Replace '{out}'",
+                        view=types.CheckboxView())
+        return types.Property(inputs, view=types.View(label="Load from Label Studio"))
+
+    def execute(self, ctx):
+        from tfovss_fiftyone.labelstudio import LabelStudioError, load_corrections
+
+        p = ctx.params
+        try:
+            report = load_corrections(
+                ctx.target_view(), p.get("label_field"), p.get("out_field"), url=p.get("url"),
+                api_key=_labelstudio_key(ctx), unlabelled=p.get("unlabelled") or "background",
+                ignore_value=int(p.get("ignore_value", 255)),
+                include_unreviewed=bool(p.get("include_unreviewed")),
+                skip_missing=bool(p.get("skip_missing")), overwrite=bool(p.get("overwrite")),
+                progress=forms.Progress(ctx))
+        except LabelStudioError as e:
+            _fail(f"Nothing loaded: {e}")
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        out = report.to_dict()
+        out.pop("per_sample")
+        out["share_kept_pct"] = _pct(report.share_kept)
+        out["per_class_summary"] = [f"{n}: IoU {_pct(c['iou'])} %, kept {_pct(c['share_kept'])} %"
+                                    for n, c in report.per_class.items()]
+        return out
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("num_reviewed", label="Reviewed tasks")
+        outputs.int("num_unreviewed", label="Not yet reviewed")
+        outputs.int("num_loaded", label="Loaded")
+        outputs.float("share_kept_pct", label="Pixels the annotators kept (%)")
+        outputs.int("pixels_changed", label="Pixels changed")
+        outputs.list("per_class_summary", types.String(), label="Per class")
+        return types.Property(outputs, view=types.View(label="Corrections loaded"))

@@ -23,7 +23,7 @@ from tfovss_core.spec.settings import SETTING_NAMES, Settings, coerce_setting
 from tfovss_core.engine.windows import pad_to_multiple, sliding_windows
 from tfovss_core.ops.flops import auto_batch_size, autocast
 from tfovss_core.io.images import CLIP_MEAN, CLIP_STD, image_label, load_image, resize_short_side
-from tfovss_core.methods import Method, get_method_class
+from tfovss_core.methods import Method, get_method_class, method_settings
 from tfovss_core.methods.base import WindowContext
 from tfovss_core.clip.loading import ClipModel
 from tfovss_core.ops.pamr import pamr
@@ -77,7 +77,7 @@ class Segmenter:
         if isinstance(classes, str) and _is_preset(classes):
             self.preset = _presets.get_preset(classes)
             spec = self.preset.classes(method_name)
-            preset_settings = _presets.method_settings(method_name, self.preset.name, model.visual.depth)
+            preset_settings = method_settings(method_name, self.preset.name, model.visual.depth)
         elif isinstance(classes, (str, Path)):
             path = Path(classes)
             if not path.is_file():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tfovss_core.methods import MethodCard, LastBlockMethod, MethodInfo, option, register_method
+from tfovss_core.methods import LastBlockMethod, MethodCard, MethodInfo, option, register_method
 from tfovss_core.methods.clip import CLEARCLIP_PROTOCOL
 
 
@@ -24,7 +24,6 @@ class ClearCLIP(LastBlockMethod):
                                       "k-k, v-v, or q-k (standard).", choices=("qq", "kk", "vv", "qk"))
         residual: bool = option(False, "Keep the residual connection (ClearCLIP's ablation).")
         ffn: bool = option(False, "Keep the FFN (ClearCLIP's ablation).")
-
 
     def attention(self, q, k, v, grid):
         a, b = {"qq": (q, q), "kk": (k, k), "vv": (v, v), "qk": (q, k)}[self.options.attention]

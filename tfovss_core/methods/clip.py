@@ -1,7 +1,7 @@
 """Vanilla dense CLIP: the unchanged last block on every token, CLS dropped."""
 from __future__ import annotations
 
-from tfovss_core.methods import MethodCard, LastBlockMethod, MethodInfo, register_method
+from tfovss_core.methods import LastBlockMethod, MethodCard, MethodInfo, register_method
 
 # ClearCLIP's framework (the baselines' golden protocol): short side 448, windows 448 / 224,
 # logit scale 50, crops padded to a multiple of the patch size.

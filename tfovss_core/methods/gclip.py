@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tfovss_core.methods import MethodCard, Method, MethodInfo, option, register_method
+from tfovss_core.methods import Method, MethodCard, MethodInfo, option, register_method
 from tfovss_core.clip.backbone import Trunk, TrunkRequest
 from tfovss_core.errors import ConfigError
 from tfovss_core.methods.clip import CLEARCLIP_PROTOCOL

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tfovss_core.methods import MethodCard, Method, MethodInfo, option, register_method
+from tfovss_core.methods import Method, MethodCard, MethodInfo, option, register_method
 from tfovss_core.methods.clip import CLEARCLIP_PROTOCOL
 
 
@@ -25,7 +25,6 @@ class MaskCLIP(Method):
         residual_ffn: bool = option(
             False, "Keep the residual and FFN on the value path (the original MaskCLIP code). "
                    "False = ClearCLIP's re-implementation, which most papers' tables use.")
-
 
     def features(self, trunk):
         bb = self.backbone

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tfovss_core.methods import MethodCard, LastBlockMethod, MethodInfo, option, register_method
+from tfovss_core.methods import LastBlockMethod, MethodCard, MethodInfo, option, register_method
 
 NACLIP_PROTOCOL = dict(short_side=336, crop=224, stride=112, logit_scale=40.0,
                        pamr_steps=10, pamr_dilations=(8, 16))
@@ -51,7 +51,6 @@ class NACLIP(LastBlockMethod):
         attention: str = option("naclip", "naclip = k-k + Omega; kk = k-k only (ablation).",
                                 choices=("naclip", "kk"))
         reduced: bool = option(True, "Drop residual and FFN in the last block (NACLIP's 'reduced' arch).")
-
 
     def attention(self, q, k, v, grid):
         logits = (k @ k.transpose(-1, -2)) * self.backbone.scale

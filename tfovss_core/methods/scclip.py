@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tfovss_core.methods import MethodCard, Method, MethodInfo, option, register_method
+from tfovss_core.methods import Method, MethodCard, MethodInfo, option, register_method
 from tfovss_core.errors import ConfigError
 from tfovss_core.clip.backbone import TrunkRequest
 from tfovss_core.methods.sclip import SCLIP_PROTOCOL
@@ -48,7 +48,6 @@ class SCCLIP(Method):
         lof_neighbors: int = option(30, "k of the LOF anomaly detector.")
         contamination: float = option(0.05, "Fraction of tokens flagged by LOF.")
         sharpen: float = option(3.0, "Factor of the mean-centred mid-layer similarity in the attention.")
-
 
     def validate(self) -> None:
         o = self.options

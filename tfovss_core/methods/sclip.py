@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tfovss_core.methods import MethodCard, LastBlockMethod, MethodInfo, option, register_method
+from tfovss_core.methods import LastBlockMethod, MethodCard, MethodInfo, option, register_method
 
 SCLIP_PROTOCOL = dict(short_side=336, crop=224, stride=112, logit_scale=40.0)
 
@@ -23,7 +23,6 @@ class SCLIP(LastBlockMethod):
     class Options:
         residual_ffn: bool = option(True, "Keep the last block's residual and FFN (official SCLIP). "
                                           "False is the 'SCLIP attention, no residual/FFN' baseline of LHT-CLIP.")
-
 
     def attention(self, q, k, v, grid):
         bb = self.backbone

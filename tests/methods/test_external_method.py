@@ -97,6 +97,20 @@ def test_cli_methods_lists_the_outside_method(module_dir):
     assert plain.returncode == 0 and "keyclip" in plain.stdout and "KeyCLIP (outside method)" in plain.stdout
 
 
+def test_entry_point_registers_the_outside_method(module_dir):
+    """An installed distribution declaring ``[tfovss.methods] keyclip = <module>``: no env var."""
+    dist = module_dir / "tfovss_keyclip_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tfovss-keyclip-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[tfovss.methods]\nkeyclip = {MODULE}\n")
+    proc = _cli(module_dir, "methods", "keyclip", modules="")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("keyclip") and "--set probe_idx=null  (int | None; backbone)" in proc.stdout
+    (dist / "entry_points.txt").unlink()            # the same module, no longer declared: unknown
+    gone = _cli(module_dir, "methods", "keyclip", modules="")
+    assert gone.returncode != 0 and "unknown method 'keyclip'" in gone.stderr
+
+
 def test_cli_names_a_method_module_that_does_not_import(module_dir):
     proc = _cli(module_dir, "methods", modules=f"{MODULE},tfovss_no_such_module")
     assert proc.returncode != 0

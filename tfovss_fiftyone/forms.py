@@ -60,6 +60,30 @@ def add_multi_choice(inputs, name, values, *, default=None, label=None, descript
                        description=description, required=not default, view=view)
 
 
+#: parameter-name prefix of the add-on checkboxes in the pre-label form
+ADDON_PREFIX = "addon_"
+
+
+def addon_names(addons: list[dict]) -> list[str]:
+    """The names that can follow a method's ``+``, from ``describe_method(m)["addons"]`` (the
+    registry's add-on cards): each add-on as a whole, then each of its components."""
+    return [n for addon in addons for n in (addon["name"], *addon["components"])]
+
+
+def add_addon_choices(inputs, addons: list[dict]) -> None:
+    """One checkbox per add-on name the method's host accepts (none for a method without add-ons)."""
+    for addon in addons:
+        for n in (addon["name"], *addon["components"]):
+            inputs.bool(ADDON_PREFIX + n, default=False, label=f"{addon['title']} add-on: {n.upper()}",
+                        view=types.CheckboxView())
+
+
+def composed_method(method: str, params, addons: list[dict]) -> str:
+    """``method`` with the ticked add-on names appended (``"clearclip+lht"``)."""
+    chosen = [n for n in addon_names(addons) if params.get(ADDON_PREFIX + n)]
+    return "+".join([method, *chosen]) if chosen else method
+
+
 def add_optional_number(inputs, name, kind, label, description, default=None):
     if kind == "int":
         return inputs.int(name, label=label, description=description, default=default,

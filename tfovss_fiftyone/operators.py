@@ -16,7 +16,6 @@ _VOCAB_LABELS = {"text": "Free text (one class per line, synonyms comma-separate
                  "mask_targets": "A field's mask_targets (the dataset's own classes)",
                  "preset": "A benchmark preset (its class names and official settings)"}
 _DEFAULT_VOCAB = "background\ncat, kitten\ndog, puppy\nperson, man, woman"
-_ADDONS = ("lht", "atr", "ssr", "she")
 #: methods ticked by default in the compare form
 COMPARE_DEFAULT = ("sclip", "clearclip", "naclip")
 _NO_GT = "(none)"
@@ -29,24 +28,19 @@ def _core():
 
 
 def _method_info(method: str) -> dict:
+    """The registry's description of ``method`` (options, add-ons); empty for a name it does not
+    know (a stale form value), so the form still renders and execute reports the name."""
+    core = _core()
     try:
-        return _core().describe_method(method)
-    except Exception:
-        return {"options": []}
-
-
-def _addons_supported(host: str) -> bool:
-    try:
-        _core().describe_method(f"{host}+lht")
-        return True
-    except Exception:
-        return False
+        return core.describe_method(method)
+    except core.TfovssError:
+        return {"options": [], "addons": []}
 
 
 def _full_method(params) -> str:
+    """The chosen method with the add-ons ticked in the form (those the registry lists for it)."""
     method = params.get("method") or "sclip"
-    addons = [a for a in _ADDONS if params.get(f"addon_{a}")]
-    return "+".join([method] + addons) if addons else method
+    return forms.composed_method(method, params, _method_info(method).get("addons", []))
 
 
 def _target_count(ctx) -> int:
@@ -246,10 +240,7 @@ class PrelabelSegmentation(foo.Operator):
                          else methods[0], label="Method",
                          description="Training-free OVSS method")
         method = params.get("method") or ("sclip" if "sclip" in methods else methods[0])
-        if _addons_supported(method):
-            for a in _ADDONS:
-                inputs.bool(f"addon_{a}", default=False, label=f"LHT add-on: {a.upper()}",
-                            view=types.CheckboxView())
+        forms.add_addon_choices(inputs, _method_info(method).get("addons", []))
         full = _full_method(params)
         info = _method_info(full)
         if info.get("options"):

@@ -14,11 +14,11 @@ if str(REPO_ROOT) not in sys.path:  # the package may not be installed in the te
     sys.path.insert(0, str(REPO_ROOT))
 
 from tfovss_core.spec import presets  # noqa: E402
+from tfovss_core.methods import method_settings  # noqa: E402  (the cards; presets.method_settings is its alias)
 from tfovss_core.spec.presets import (  # noqa: E402
     DatasetPreset,
     get_preset,
     list_presets,
-    method_settings,
     parse_class_lines,
     read_class_file,
 )

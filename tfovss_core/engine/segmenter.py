@@ -8,7 +8,6 @@ synonym max, area / probability thresholds -> probabilities + mask.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -22,7 +21,7 @@ from tfovss_core.spec.settings import SETTING_NAMES, Settings, coerce_setting
 from tfovss_core.engine.windows import pad_to_multiple, sliding_windows
 from tfovss_core.ops.flops import auto_batch_size, autocast
 from tfovss_core.io.images import CLIP_MEAN, CLIP_STD, image_label, load_image, resize_short_side
-from tfovss_core.methods import Method, get_method_class
+from tfovss_core.methods import Method, get_method_class, method_settings
 from tfovss_core.methods.base import WindowContext
 from tfovss_core.clip.loading import ClipModel
 from tfovss_core.ops.pamr import pamr
@@ -74,7 +73,7 @@ class Segmenter:
         self.preset = _presets.get_preset(source.preset) if source.preset else None
         preset_settings: dict = {}
         if self.preset is not None:
-            preset_settings = _presets.method_settings(method_name, self.preset.name, model.visual.depth)
+            preset_settings = method_settings(method_name, self.preset.name, model.visual.depth)
         self.vocabulary = source.vocabulary(method_name)
         self.class_names = source.class_names(method_name)
 

@@ -22,7 +22,7 @@ def option(default: Any, doc: str, *, source: str = "authors", choices: tuple | 
 
     ``source`` says where the default comes from: ``"authors"`` (the official code or paper),
     ``"ours"`` (our reading where the authors give nothing), ``"backbone"`` (looked up per
-    backbone in :mod:`tfovss_core.clip.profiles` when left at ``None``).
+    backbone in the method card's ``constants`` when left at ``None``).
     """
     meta = {"doc": doc, "source": source}
     if choices is not None:
@@ -61,7 +61,8 @@ class WindowContext:
 
 
 class Method:
-    """Base class. Subclasses set ``name``, ``info``, ``Options`` and implement ``features``."""
+    """Base class. Subclasses set ``name``, ``info``, ``Options`` and implement ``features``;
+    their module registers them with their card (:mod:`tfovss_core.methods.card`)."""
 
     name: ClassVar[str]
     info: ClassVar[MethodInfo]
@@ -69,8 +70,12 @@ class Method:
     # Post-processing: NACLIP and ResCLIP divide the class probabilities by their sum per pixel
     # after the mask was taken (their ``postprocess_result``).
     renormalize_probs: ClassVar[bool] = False
-    # The method's own protocol when no dataset preset is given (its repo's class defaults).
+    # The method's own protocol when no dataset preset is given (its repo's class defaults):
+    # set from the card's ``protocol`` at registration.
     default_settings: ClassVar[dict] = {}
+    # The method's card, set by ``register_method`` (a MethodCard; typed loosely to keep this
+    # module free of the card's imports).
+    card: ClassVar[Any] = None
     # True: ``features(trunk, context)`` receives a :class:`WindowContext` (see there).
     needs_context: ClassVar[bool] = False
     # Windows are zero-padded to this multiple whatever ``pad_to_patch`` says (ProxyCLIP: 56, so
@@ -101,8 +106,9 @@ class Method:
         return cls.Options(**values)
 
     def resolve_backbone_options(self) -> None:
-        """Fills options left at ``None`` whose source is ``"backbone"`` from the profile."""
-        constants = self.backbone.profile.for_method(self.constants_key())
+        """Fills options left at ``None`` whose source is ``"backbone"`` from the card's constants."""
+        card = self.constants_card()
+        constants = card.constants_for(self.backbone.profile) if card is not None else {}
         updates = {}
         for f in self.option_fields():
             if f.metadata.get("source") == "backbone" and getattr(self.options, f.name) is None:
@@ -124,8 +130,9 @@ class Method:
                               f"backbone (0 <= {name} < {limit})")
 
     @classmethod
-    def constants_key(cls) -> str:
-        return cls.name
+    def constants_card(cls):
+        """The card whose per-backbone constants fill this method's ``"backbone"`` options."""
+        return cls.card
 
     def option_values(self) -> dict:
         return {f.name: _jsonable(getattr(self.options, f.name)) for f in self.option_fields()}

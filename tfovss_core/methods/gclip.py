@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tfovss_core.methods import Method, MethodInfo, option, register_method
+from tfovss_core.methods import Method, MethodCard, MethodInfo, option, register_method
 from tfovss_core.clip.backbone import Trunk, TrunkRequest
 from tfovss_core.errors import ConfigError
 from tfovss_core.methods.clip import CLEARCLIP_PROTOCOL
@@ -78,7 +78,6 @@ def emerging_blocks(mass: torch.Tensor, threshold: float, count: int, last: int)
     return list(range(first, min(first + count, last + 1)))
 
 
-@register_method
 class GCLIP(Method):
     name = "gclip"
     info = MethodInfo(
@@ -92,7 +91,6 @@ class GCLIP(Method):
         paper_based=True,
         reported="docs/methods/gclip.md",
     )
-    default_settings = CLEARCLIP_PROTOCOL
 
     @dataclass
     class Options:
@@ -183,3 +181,25 @@ class GCLIP(Method):
 
         y = bb.last_block(trunk.x, attention, residual=False, ffn=False)
         return bb.head(y[:, 1:])
+
+
+CARD = MethodCard(
+    method=GCLIP,
+    display_name="GCLIP",
+    note=("No official code. ClearCLIP-style protocol assumed (reported as an improvement over ClearCLIP, evaluated "
+        "on five datasets without background). GUESS. Class names: the SCLIP-family files (identical to "
+        "ClearCLIP's on the datasets without background)."),
+    aliases=("g_clip",),
+    protocol=CLEARCLIP_PROTOCOL,
+    constants={
+        # GCLIP (no code). Global-token blocks {6, 7} and CS on blocks 7-11 (0-based) are the
+        # defaults of an unofficial open_clip re-implementation [3rd]; used when detection fails.
+        "ViT-B/16": dict(global_blocks=(6, 7), cs_blocks=(7, 8, 9, 10, 11)),
+        # Not published for L/14; the B/16 values depth-scaled: GUESS.
+        "ViT-L/14": dict(global_blocks=(12, 13), cs_blocks=tuple(range(14, 24))),
+    },
+    # No official code: the settings of 'clearclip' (see the note).
+    inherit="clearclip",
+    class_family="sclip_family",
+)
+register_method(CARD)

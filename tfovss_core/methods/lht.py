@@ -27,12 +27,12 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from tfovss_core.methods import MethodInfo, option, register_addon, register_method
+from tfovss_core.methods import AddonCard, MethodCard, MethodInfo, option, register_method
 from tfovss_core.clip.backbone import Trunk, TrunkRequest
 from tfovss_core.errors import ConfigError
 from tfovss_core.ops.outliers import replace_with_neighbour_mean
 from tfovss_core.ops.similarity import cosine_similarity, row_normalised
-from tfovss_core.methods.sclip import SCLIP
+from tfovss_core.methods.sclip import SCLIP, SCLIP_PROTOCOL
 
 COMPONENTS = ("ssr", "atr", "she")
 HOSTS = ("sclip", "clearclip", "resclip", "naclip")
@@ -183,12 +183,12 @@ class _LHTMixin:
     components: typing.ClassVar[tuple[str, ...]]
 
     @classmethod
-    def constants_key(cls) -> str:
-        return cls.host_cls.constants_key()
+    def constants_card(cls):
+        return cls.host_cls.constants_card()
 
     def resolve_backbone_options(self) -> None:
         bb, o = self.backbone, self.options
-        constants = bb.profile.for_method("lht")
+        constants = CARD.constants_for(bb.profile)
         updates = {}
         for name in _LHT_BACKBONE_FIELDS:
             if getattr(o, name) is None:
@@ -328,13 +328,51 @@ def _lht_class(host_cls, components: tuple[str, ...], name: str):
 
 
 def compose_lht(host_cls, components) -> type:
-    """The registry's add-on hook: ``host+lht`` or ``host+<component>[+<component>...]``."""
+    """The add-on's composer: ``host+lht`` or ``host+<component>[+<component>...]``."""
     name = f"{host_cls.name}+{'+'.join(c.strip().lower() for c in components)}"
     return _lht_class(host_cls, tuple(c.strip().lower() for c in components), name)
 
 
-compose_lht.components = frozenset({"lht", *COMPONENTS})   # type: ignore[attr-defined]
-compose_lht.hosts = HOSTS                                   # type: ignore[attr-defined]
-register_addon("lht", compose_lht)
+def host_settings_under_lht(entry: dict) -> dict:
+    """A host's dataset settings under LHT-CLIP: PAMR off, as the paper states; ResCLIP's SFR off
+    (SFR depends on PAMR; LHT-CLIP's ResCLIP rows are without SFR)."""
+    entry = dict(entry)
+    entry["pamr_steps"] = 0
+    entry["official"] = False
+    entry["paper_based"] = True
+    entry["note"] = ("LHT-CLIP add-on (no public code): host settings with PAMR off, as the paper "
+                     "states. With a ResCLIP host the paper compares against ResCLIP without SFR.")
+    entry["source"] = f"{entry['source']}; LHT-CLIP add-on: PAMR off [paper]"
+    if "use_sfr" in entry:
+        entry["use_sfr"] = False
+        entry["source"] += ", ResCLIP's SFR off [paper]"
+    return entry
 
-LHT = register_method(_lht_class(SCLIP, ("lht",), "lht"))
+
+LHT = _lht_class(SCLIP, ("lht",), "lht")
+
+CARD = MethodCard(
+    method=LHT,
+    display_name="LHT-CLIP",
+    note=("LHT-CLIP (no public code) is an add-on: 'host+lht' (e.g. 'clearclip+lht', 'resclip+lht', "
+          "'sclip+atr+ssr') uses the host's settings with PAMR off. Plain 'lht' uses the SCLIP host (the "
+          "paper's ablation baseline is SCLIP attention without residual/FFN). GUESS beyond 'follows the "
+          "SCLIP / ClearCLIP / NACLIP protocol with MMSegmentation, no PAMR' [paper]."),
+    aliases=("lht_clip", "lhtclip"),
+    protocol={**SCLIP_PROTOCOL, "pamr_steps": 0},
+    constants={
+        # LHT-CLIP (no code). SSR in layers 10-11 (1-based), alpha 0.1 [paper draft, Table 3].
+        # SHE: the top-10 head list is unpublished; without a calibration profile all heads of
+        # layer 8 (1-based) are used, the paper's best single layer (Table 4: 35.8) [paper draft].
+        "ViT-B/16": dict(ssr_layers=(9, 10), ssr_alpha=0.1, she_layer_idx=7),
+        # SSR "layers 20-23" (1-based) [paper draft]; alpha for L/14 not found: GUESS 0.1; SHE
+        # fallback layer depth-scaled from B/16 (layer 16, 1-based): GUESS.
+        "ViT-L/14": dict(ssr_layers=(19, 20, 21, 22), ssr_alpha=0.1, she_layer_idx=15),
+    },
+    # No official code: plain 'lht' takes SCLIP's settings with PAMR off.
+    inherit="sclip",
+    overrides={"pamr_steps": 0},
+    addon=AddonCard(name="lht", title="LHT-CLIP", components=COMPONENTS, hosts=HOSTS,
+                    compose=compose_lht, adjust_settings=host_settings_under_lht),
+)
+register_method(CARD)

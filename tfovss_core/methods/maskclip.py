@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tfovss_core.methods import Method, MethodInfo, option, register_method
+from tfovss_core.methods import Method, MethodCard, MethodInfo, option, register_method
 from tfovss_core.methods.clip import CLEARCLIP_PROTOCOL
 
 
-@register_method
 class MaskCLIP(Method):
     name = "maskclip"
     info = MethodInfo(
@@ -27,8 +26,6 @@ class MaskCLIP(Method):
             False, "Keep the residual and FFN on the value path (the original MaskCLIP code). "
                    "False = ClearCLIP's re-implementation, which most papers' tables use.")
 
-    default_settings = CLEARCLIP_PROTOCOL
-
     def features(self, trunk):
         bb = self.backbone
         x = trunk.x
@@ -39,3 +36,84 @@ class MaskCLIP(Method):
             y = x + y
             y = y + bb.mlp(block, y)
         return bb.head(y[:, 1:])
+
+
+CARD = MethodCard(
+    method=MaskCLIP,
+    display_name="MaskCLIP",
+    repo="mc-lan/ClearCLIP", commit="ad68a40",
+    note=("TCL/SCLIP-protocol numbers of MaskCLIP come from ClearCLIP's framework (model_type='MaskCLIP'); these are "
+        "ClearCLIP's cfg values. Whether ClearCLIP tuned prob_thd for MaskCLIP separately is not documented "
+        "(GUESS: the shipped cfg). The official MaskCLIP protocol (whole image, short side 512, no background) is "
+        "different."),
+    aliases=("mask_clip",),
+    protocol=CLEARCLIP_PROTOCOL,
+    # The official per-dataset settings, each with its source (where every number comes from:
+    # tfovss_core/spec/presets/README.md).
+    datasets={
+        "voc21": {
+            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
+            "prob_thd": 0.5, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "clearclip_voc21.txt", "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_voc21.py",
+            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
+        },
+        "voc20": {
+            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "clearclip_voc20.txt", "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_voc20.py",
+            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
+        },
+        "context60": {
+            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
+            "prob_thd": 0.15, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "context60.txt", "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_context60.py",
+            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
+        },
+        "context59": {
+            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "context59.txt", "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_context59.py",
+            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
+        },
+        "coco_object": {
+            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
+            "prob_thd": 0.4, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "clearclip_coco_object.txt",
+            "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_coco_object.py",
+            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
+        },
+        "coco_stuff": {
+            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "coco_stuff.txt", "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_coco_stuff164k.py",
+            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
+        },
+        "cityscapes": {
+            "short_side": 448, "max_long_side": 2048, "crop": 224, "stride": 224, "logit_scale": 50,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "cityscapes.txt", "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_city_scapes.py",
+            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
+        },
+        "ade20k": {
+            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "ade20k.txt", "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_ade20k.py",
+            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
+        },
+        "ade847": {
+            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "ade847.txt",
+            "source": "GUESS: no official config; copied from mc-lan/ClearCLIP@ad68a40: configs/cfg_ade20k.py (ADE20K-150)",
+            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True}, "guess": True,
+        },
+        "context459": {
+            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "context459.txt",
+            "source": "GUESS: no official config; copied from mc-lan/ClearCLIP@ad68a40: configs/cfg_ade20k.py (ADE20K-150)",
+            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True}, "guess": True,
+        },
+    },
+)
+register_method(CARD)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tfovss_core.methods import LastBlockMethod, MethodInfo, option, register_method
+from tfovss_core.methods import LastBlockMethod, MethodCard, MethodInfo, option, register_method
 
 NACLIP_PROTOCOL = dict(short_side=336, crop=224, stride=112, logit_scale=40.0,
                        pamr_steps=10, pamr_dilations=(8, 16))
@@ -32,7 +32,6 @@ def gaussian_attention_bias(grid: tuple[int, int], std: float, device, dtype) ->
     return _gaussian_bias_cpu(tuple(grid), float(std)).to(device=device, dtype=dtype)
 
 
-@register_method
 class NACLIP(LastBlockMethod):
     name = "naclip"
     info = MethodInfo(
@@ -53,8 +52,6 @@ class NACLIP(LastBlockMethod):
                                 choices=("naclip", "kk"))
         reduced: bool = option(True, "Drop residual and FFN in the last block (NACLIP's 'reduced' arch).")
 
-    default_settings = NACLIP_PROTOCOL
-
     def attention(self, q, k, v, grid):
         logits = (k @ k.transpose(-1, -2)) * self.backbone.scale
         if self.options.attention == "naclip":
@@ -66,3 +63,79 @@ class NACLIP(LastBlockMethod):
 
     def keep_ffn(self):
         return not self.options.reduced
+
+
+CARD = MethodCard(
+    method=NACLIP,
+    display_name="NACLIP",
+    repo="sinahmr/NACLIP", commit="0cac3a6",
+    note=("The repo's eval.py keeps the constructor default pamr_steps=10 (dilations 8, 16) unless run with '--pamr "
+        "off'; the paper's main table is without PAMR (the goldens use pamr_steps=0)."),
+    aliases=("na_clip",),
+    protocol=NACLIP_PROTOCOL,
+    # The official per-dataset settings, each with its source (where every number comes from:
+    # tfovss_core/spec/presets/README.md).
+    datasets={
+        "voc21": {
+            "short_side": 336, "max_long_side": 2048, "crop": 0, "stride": 112, "logit_scale": 40, "prob_thd": 0.1,
+            "area_thd": None, "pamr_steps": 10, "pamr_dilations": [8, 16], "class_file": "voc21.txt",
+            "source": "sinahmr/NACLIP@0cac3a6: configs/cfg_voc21.py (+ naclip.py constructor defaults)",
+        },
+        "voc20": {
+            "short_side": 336, "max_long_side": 2048, "crop": 0, "stride": 112, "logit_scale": 40, "prob_thd": 0.0,
+            "area_thd": None, "pamr_steps": 10, "pamr_dilations": [8, 16], "class_file": "voc20.txt",
+            "source": "sinahmr/NACLIP@0cac3a6: configs/cfg_voc20.py (+ naclip.py constructor defaults)",
+        },
+        "context60": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.1, "area_thd": None, "pamr_steps": 10, "pamr_dilations": [8, 16],
+            "class_file": "context60.txt",
+            "source": "sinahmr/NACLIP@0cac3a6: configs/cfg_context60.py (+ naclip.py constructor defaults)",
+        },
+        "context59": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 10, "pamr_dilations": [8, 16],
+            "class_file": "context59.txt",
+            "source": "sinahmr/NACLIP@0cac3a6: configs/cfg_context59.py (+ naclip.py constructor defaults)",
+        },
+        "coco_object": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.1, "area_thd": None, "pamr_steps": 10, "pamr_dilations": [8, 16],
+            "class_file": "coco_object.txt",
+            "source": "sinahmr/NACLIP@0cac3a6: configs/cfg_coco_object.py (+ naclip.py constructor defaults)",
+        },
+        "coco_stuff": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 10, "pamr_dilations": [8, 16],
+            "class_file": "coco_stuff.txt",
+            "source": "sinahmr/NACLIP@0cac3a6: configs/cfg_coco_stuff164k.py (+ naclip.py constructor defaults)",
+        },
+        "cityscapes": {
+            "short_side": 560, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 10, "pamr_dilations": [8, 16],
+            "class_file": "cityscapes.txt",
+            "source": "sinahmr/NACLIP@0cac3a6: configs/cfg_city_scapes.py (+ naclip.py constructor defaults)",
+        },
+        "ade20k": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 10, "pamr_dilations": [8, 16],
+            "class_file": "ade20k.txt",
+            "source": "sinahmr/NACLIP@0cac3a6: configs/cfg_ade20k.py (+ naclip.py constructor defaults)",
+        },
+        "ade847": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 10, "pamr_dilations": [8, 16],
+            "class_file": "ade847.txt",
+            "source": "GUESS: no official config; copied from sinahmr/NACLIP@0cac3a6: configs/cfg_ade20k.py (+ naclip.py constructor defaults) (ADE20K-150)",
+            "guess": True,
+        },
+        "context459": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 10, "pamr_dilations": [8, 16],
+            "class_file": "context459.txt",
+            "source": "GUESS: no official config; copied from sinahmr/NACLIP@0cac3a6: configs/cfg_ade20k.py (+ naclip.py constructor defaults) (ADE20K-150)",
+            "guess": True,
+        },
+    },
+)
+register_method(CARD)

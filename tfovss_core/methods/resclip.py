@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tfovss_core.methods import Method, MethodInfo, option, register_method
+from tfovss_core.methods import Method, MethodCard, MethodInfo, option, register_method
 from tfovss_core.clip.backbone import Trunk, TrunkRequest
 from tfovss_core.errors import ConfigError
 from tfovss_core.ops.pamr import pamr
@@ -119,7 +119,6 @@ def _mix(logits: torch.Tensor, extra: torch.Tensor, weights) -> torch.Tensor:
     return tau * ((1 - lam) * logits + lam * extra)
 
 
-@register_method
 class ResCLIP(Method):
     name = "resclip"
     info = MethodInfo(
@@ -135,7 +134,6 @@ class ResCLIP(Method):
     )
     renormalize_probs = True
     needs_context = True
-    default_settings = RESCLIP_PROTOCOL
 
     @dataclass
     class Options:
@@ -250,3 +248,98 @@ class ResCLIP(Method):
             labels = self.patch_labels(trunk, context, a_rcs)
             sfr = self.sfr_maps(labels, trunk.x.dtype)
         return self._last_block(trunk, a_rcs, sfr)
+
+
+CARD = MethodCard(
+    method=ResCLIP,
+    display_name="ResCLIP",
+    repo="yvhangyang/ResCLIP", commit="0e085f7",
+    note=("Final PAMR is off; SFR runs its own hard-coded PAMR(10, dilations (8, 16)) on a temporary map "
+        "(sfr_pamr_steps / sfr_pamr_dilations, informational)."),
+    aliases=("res_clip",),
+    protocol=RESCLIP_PROTOCOL,
+    constants={
+        # yvhangyang/ResCLIP clip/model.py VisionTransformer.forward: blocks 5..8 hard-coded [code]
+        "ViT-B/16": dict(rcs_layers=(5, 6, 7, 8)),
+        # ResCLIP's code keeps blocks 5..8 for every backbone; its reported ViT-L/14 numbers were
+        # produced that way [code]. Not rescaled on purpose.
+        "ViT-L/14": dict(rcs_layers=(5, 6, 7, 8)),
+    },
+    # The official per-dataset settings, each with its source (where every number comes from:
+    # tfovss_core/spec/presets/README.md).
+    datasets={
+        "voc21": {
+            "short_side": 336, "max_long_side": 2048, "crop": 0, "stride": 112, "logit_scale": 40, "prob_thd": 0.1,
+            "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16], "class_file": "voc21.txt",
+            "source": "yvhangyang/ResCLIP@0e085f7: configs/cfg_voc21.py", "temp_thd": 0.5,
+            "rcs_weights": [2.0, 0.3], "sfr_weights": [2.2, 0.7], "delete_same_entity": True, "use_rcs": True,
+            "use_sfr": True, "sfr_pamr_steps": 10, "sfr_pamr_dilations": [8, 16],
+        },
+        "voc20": {
+            "short_side": 336, "max_long_side": 2048, "crop": 0, "stride": 112, "logit_scale": 40, "prob_thd": 0.0,
+            "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16], "class_file": "voc20.txt",
+            "source": "yvhangyang/ResCLIP@0e085f7: configs/cfg_voc20.py", "temp_thd": 0.1,
+            "rcs_weights": [2.0, 0.6], "sfr_weights": [2.1, 0.6], "delete_same_entity": True, "use_rcs": True,
+            "use_sfr": True, "sfr_pamr_steps": 10, "sfr_pamr_dilations": [8, 16],
+        },
+        "context60": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.1, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "context60.txt", "source": "yvhangyang/ResCLIP@0e085f7: configs/cfg_context60.py",
+            "temp_thd": 0.3, "rcs_weights": [2.0, 0.3], "sfr_weights": [1.8, 0.7], "delete_same_entity": True,
+            "use_rcs": True, "use_sfr": True, "sfr_pamr_steps": 10, "sfr_pamr_dilations": [8, 16],
+        },
+        "context59": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "context59.txt", "source": "yvhangyang/ResCLIP@0e085f7: configs/cfg_context59.py",
+            "temp_thd": 0.25, "rcs_weights": [2.0, 0.4], "sfr_weights": [1.8, 0.7], "delete_same_entity": True,
+            "use_rcs": True, "use_sfr": True, "sfr_pamr_steps": 10, "sfr_pamr_dilations": [8, 16],
+        },
+        "coco_object": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.1, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "coco_object.txt", "source": "yvhangyang/ResCLIP@0e085f7: configs/cfg_coco_object.py",
+            "temp_thd": 0.11, "rcs_weights": [2.0, 0.4], "sfr_weights": [1.8, 0.7], "delete_same_entity": True,
+            "use_rcs": True, "use_sfr": True, "sfr_pamr_steps": 10, "sfr_pamr_dilations": [8, 16],
+        },
+        "coco_stuff": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "coco_stuff.txt", "source": "yvhangyang/ResCLIP@0e085f7: configs/cfg_coco_stuff164k.py",
+            "temp_thd": 0.11, "rcs_weights": [2.0, 0.4], "sfr_weights": [1.8, 0.7], "delete_same_entity": True,
+            "use_rcs": True, "use_sfr": True, "sfr_pamr_steps": 10, "sfr_pamr_dilations": [8, 16],
+        },
+        "cityscapes": {
+            "short_side": 560, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "cityscapes.txt", "source": "yvhangyang/ResCLIP@0e085f7: configs/cfg_city_scapes.py",
+            "temp_thd": 0.1, "rcs_weights": [2.0, 0.2], "sfr_weights": [2.1, 0.6], "delete_same_entity": True,
+            "use_rcs": True, "use_sfr": True, "sfr_pamr_steps": 10, "sfr_pamr_dilations": [8, 16],
+        },
+        "ade20k": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "ade20k.txt", "source": "yvhangyang/ResCLIP@0e085f7: configs/cfg_ade20k.py",
+            "temp_thd": 0.25, "rcs_weights": [2.0, 0.3], "sfr_weights": [2.1, 0.7], "delete_same_entity": True,
+            "use_rcs": True, "use_sfr": True, "sfr_pamr_steps": 10, "sfr_pamr_dilations": [8, 16],
+        },
+        "ade847": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "ade847.txt",
+            "source": "GUESS: no official config; copied from yvhangyang/ResCLIP@0e085f7: configs/cfg_ade20k.py (ADE20K-150)",
+            "temp_thd": 0.25, "rcs_weights": [2.0, 0.3], "sfr_weights": [2.1, 0.7], "delete_same_entity": True,
+            "use_rcs": True, "use_sfr": True, "sfr_pamr_steps": 10, "sfr_pamr_dilations": [8, 16], "guess": True,
+        },
+        "context459": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "context459.txt",
+            "source": "GUESS: no official config; copied from yvhangyang/ResCLIP@0e085f7: configs/cfg_ade20k.py (ADE20K-150)",
+            "temp_thd": 0.25, "rcs_weights": [2.0, 0.3], "sfr_weights": [2.1, 0.7], "delete_same_entity": True,
+            "use_rcs": True, "use_sfr": True, "sfr_pamr_steps": 10, "sfr_pamr_dilations": [8, 16], "guess": True,
+        },
+    },
+)
+register_method(CARD)

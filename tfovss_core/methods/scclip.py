@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tfovss_core.methods import Method, MethodInfo, option, register_method
+from tfovss_core.methods import Method, MethodCard, MethodInfo, option, register_method
 from tfovss_core.errors import ConfigError
 from tfovss_core.clip.backbone import TrunkRequest
 from tfovss_core.methods.sclip import SCLIP_PROTOCOL
@@ -20,7 +20,6 @@ from tfovss_core.ops.outliers import lof_outliers, replace_with_neighbour_mean
 from tfovss_core.ops.similarity import cosine_similarity, row_normalised
 
 
-@register_method
 class SCCLIP(Method):
     name = "scclip"
     info = MethodInfo(
@@ -49,8 +48,6 @@ class SCCLIP(Method):
         lof_neighbors: int = option(30, "k of the LOF anomaly detector.")
         contamination: float = option(0.05, "Fraction of tokens flagged by LOF.")
         sharpen: float = option(3.0, "Factor of the mean-centred mid-layer similarity in the attention.")
-
-    default_settings = SCLIP_PROTOCOL
 
     def validate(self) -> None:
         o = self.options
@@ -99,3 +96,89 @@ class SCCLIP(Method):
         y2 = self._attention(block, block.ln_1(fused[:, 1:]), s_mid) + o.res_cls * fused[:, :1]
         y = y + w_post @ y2
         return bb.head(y)
+
+
+CARD = MethodCard(
+    method=SCCLIP,
+    display_name="SC-CLIP",
+    repo="SuleBai/SC-CLIP", commit="0417ba9",
+    aliases=("sc_clip",),
+    protocol=SCLIP_PROTOCOL,
+    constants={
+        # SuleBai/SC-CLIP configs/base_config.py (0417ba9)
+        "ViT-B/16": dict(pre_adjust_idx=8, post_adjust_idx=3, multi_start_idx=3, multi_end_idx=10, res_cls=0.3),
+        # SC-CLIP first commit 74471da, commented "# for ViT-L/14" block of configs/base_config.py
+        "ViT-L/14": dict(pre_adjust_idx=16, post_adjust_idx=6, multi_start_idx=8, multi_end_idx=19, res_cls=0.1),
+    },
+    # The official per-dataset settings, each with its source (where every number comes from:
+    # tfovss_core/spec/presets/README.md).
+    datasets={
+        "voc21": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 50,
+            "prob_thd": 0.15, "area_thd": 0.1, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "voc21.txt", "source": "SuleBai/SC-CLIP@0417ba9: configs/cfg_voc21.py",
+            "overrides_by_depth": {
+                "24": {
+                    "logit_scale": 40, "prob_thd": 0.2,
+                    "source": "SuleBai/SC-CLIP@74471da: configs/cfg_voc21.py ('# for ViT-L/14' line: prob_thd=0.2; no logit_scale line, so the default 40)",
+                },
+            },
+        },
+        "voc20": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "voc20.txt", "source": "SuleBai/SC-CLIP@0417ba9: configs/cfg_voc20.py",
+        },
+        "context60": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.15, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "context60.txt", "source": "SuleBai/SC-CLIP@0417ba9: configs/cfg_context60.py",
+        },
+        "context59": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "context59.txt", "source": "SuleBai/SC-CLIP@0417ba9: configs/cfg_context59.py",
+        },
+        "coco_object": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 55,
+            "prob_thd": 0.35, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "coco_object.txt", "source": "SuleBai/SC-CLIP@0417ba9: configs/cfg_coco_object.py",
+            "overrides_by_depth": {
+                "24": {
+                    "logit_scale": 40, "prob_thd": 0.25,
+                    "source": "SuleBai/SC-CLIP@74471da: configs/cfg_coco_object.py ('# for ViT-L/14' line: prob_thd=0.25; no logit_scale line, so the default 40)",
+                },
+            },
+        },
+        "coco_stuff": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "coco_stuff.txt", "source": "SuleBai/SC-CLIP@0417ba9: configs/cfg_coco_stuff164k.py",
+        },
+        "cityscapes": {
+            "short_side": 560, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "cityscapes.txt", "source": "SuleBai/SC-CLIP@0417ba9: configs/cfg_city_scapes.py",
+        },
+        "ade20k": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "ade20k.txt", "source": "SuleBai/SC-CLIP@0417ba9: configs/cfg_ade20k.py",
+        },
+        "ade847": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "ade847.txt",
+            "source": "GUESS: no official config; copied from SuleBai/SC-CLIP@0417ba9: configs/cfg_ade20k.py (ADE20K-150)",
+            "guess": True,
+        },
+        "context459": {
+            "short_side": 336, "max_long_side": 2048, "crop": 224, "stride": 112, "logit_scale": 40,
+            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
+            "class_file": "context459.txt",
+            "source": "GUESS: no official config; copied from SuleBai/SC-CLIP@0417ba9: configs/cfg_ade20k.py (ADE20K-150)",
+            "guess": True,
+        },
+    },
+)
+register_method(CARD)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from tfovss_core.methods import Method, MethodInfo, option, register_method
+from tfovss_core.methods import Method, MethodCard, MethodInfo, option, register_method
 from tfovss_core.clip.backbone import Trunk, TrunkRequest
 from tfovss_core.errors import ConfigError
 from tfovss_core.methods.sclip import SCLIP_PROTOCOL
@@ -87,7 +87,6 @@ def relation_attention(features: torch.Tensor, eps: float, kind: str = "dbscan",
     return related.to(features.dtype) * eps
 
 
-@register_method
 class Unveil(Method):
     name = "unveil"
     info = MethodInfo(
@@ -102,7 +101,6 @@ class Unveil(Method):
         paper_based=True,
         reported="docs/methods/unveil.md",
     )
-    default_settings = SCLIP_PROTOCOL
 
     @dataclass
     class Options:
@@ -199,3 +197,20 @@ class Unveil(Method):
         last = bb.block(bb.depth - 1)
         y = last.ls_1(bb.attend(last, self.attention(trunk), self.values(trunk)))
         return bb.head(y[:, 1:])
+
+
+CARD = MethodCard(
+    method=Unveil,
+    display_name="Unveiling CLIP (Liu et al.)",
+    note="No official code. SCLIP-style protocol assumed (the paper says TCL protocol on 9 benchmarks). GUESS.",
+    protocol=SCLIP_PROTOCOL,
+    constants={
+        # Liu et al. (no code). k_M layer: not in the text for ViT-B; GUESS (spec methods-seeds §5.2).
+        "ViT-B/16": dict(coherence_layer_idx=6),
+        # "layers 8-9 for CLIP with a ViT-L backbone", Fig. 3 uses layer 9 (1-based) [paper, AAAI'25].
+        "ViT-L/14": dict(coherence_layer_idx=8),
+    },
+    # No official code: the settings of 'sclip' (see the note).
+    inherit="sclip",
+)
+register_method(CARD)

@@ -1,12 +1,17 @@
-"""Dataset presets: class-name files and the official per-dataset, per-method inference settings.
+"""Dataset presets: class-name files, label conventions, and tfovss's default protocol per dataset.
 
 Pure Python + json (no torch, no fiftyone), so the plugin and the CLI can read presets cheaply.
+Dataset facts live here (mmseg METAINFO style); each method's own per-dataset settings live on
+its card, beside the method (:mod:`tfovss_core.methods.card`).
 
 * ``get_preset("voc21").classes("sclip")`` -> synonyms per class, from the class file that method's
   official repo uses (ClearCLIP's one-word lists for ``clip`` / ``maskclip`` / ``clearclip``, the
   SCLIP-family lists with synonyms otherwise).
-* ``method_settings("scclip", "voc21", arch_depth=24)`` -> the settings dict of the official config
-  (short side, sliding window, logit scale, thresholds, PAMR, class file, method extras, ``source``).
+* ``method_settings("scclip", "voc21", arch_depth=24)`` -> the settings dict of the official config.
+  Its home is :func:`tfovss_core.methods.method_settings` (the cards); the name here is an alias that
+  delegates to the method registry once ``tfovss_core.methods`` is imported (it installs itself with
+  :func:`set_method_settings_provider`; this layer never imports methods). Before that, every method
+  gets :func:`default_protocol` (``"official": False``, the source says why).
 
 Class-name file format (the one of the SCLIP family's ``configs/cls_*.txt``): one line per class;
 a line may hold several synonyms separated by ``", "``; every synonym becomes its own text query and
@@ -20,6 +25,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 from tfovss_core.spec.vocabulary import parse_vocabulary
 
@@ -28,14 +34,14 @@ __all__ = [
     "list_presets",
     "get_preset",
     "method_settings",
+    "default_protocol",
+    "set_method_settings_provider",
+    "canonical_name",
     "parse_class_lines",
     "read_class_file",
 ]
 
 _HERE = Path(__file__).resolve().parent
-
-# LHT-CLIP's components; as add-ons ("host+lht", "host+atr+ssr") they switch PAMR off.
-_LHT_ADDONS = frozenset({"lht", "atr", "ssr", "she"})
 
 _DATASET_ALIASES = {
     "voc": "voc21", "pascal_voc": "voc21", "voc2012": "voc21",
@@ -48,11 +54,6 @@ _DATASET_ALIASES = {
     "ade20k_full": "ade847", "ade_847": "ade847", "ade20k_847": "ade847",
     "pc459": "context459", "pascal_context459": "context459",
 }
-_METHOD_ALIASES = {
-    "vanilla": "clip", "vanilla_clip": "clip", "mask_clip": "maskclip", "clear_clip": "clearclip",
-    "sc_clip": "scclip", "res_clip": "resclip", "na_clip": "naclip", "lht_clip": "lht",
-    "lhtclip": "lht", "g_clip": "gclip",
-}
 
 
 @lru_cache(maxsize=1)
@@ -61,12 +62,13 @@ def _settings() -> dict:
         return json.load(f)
 
 
-def _canon(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """The spelling-insensitive form used to match dataset and method aliases ("SC-CLIP" -> "sc_clip")."""
     return str(name).strip().lower().replace("-", "_").replace(" ", "_")
 
 
 def _dataset_key(name: str) -> str:
-    key = _canon(name)
+    key = canonical_name(name)
     key = _DATASET_ALIASES.get(key, key)
     if key not in _settings()["datasets"]:
         raise KeyError(f"unknown dataset preset {name!r}; valid presets: {', '.join(list_presets())}")
@@ -95,84 +97,42 @@ def _bundled_classes(filename: str) -> tuple[tuple[str, ...], ...]:
 
 # ----------------------------------------------------------------------------- settings
 
-def _split_method(method: str) -> tuple[str, list[str]]:
-    parts = [_canon(p) for p in str(method).split("+")]
-    host = _METHOD_ALIASES.get(parts[0], parts[0])
-    return host, [p for p in parts[1:] if p]
+_provider: Callable[[str, str, "int | None"], dict] | None = None
 
 
-def _resolve(method: str, dataset: str, seen: tuple[str, ...] = ()) -> dict | None:
-    """Settings entry of a known method (``inherit`` resolved), or None for an unknown one."""
-    methods = _settings()["methods"]
-    spec = methods.get(method)
-    if spec is None or method in seen:
-        return None
-    if "inherit" in spec:
-        base = _resolve(spec["inherit"], dataset, seen + (method,))
-        if base is None:
-            return None
-        entry = copy.deepcopy(base)
-        entry.update(copy.deepcopy(spec.get("overrides", {})))
-        entry.update(copy.deepcopy(spec.get("dataset_overrides", {}).get(dataset, {})))
-        if spec.get("class_family"):
-            entry["class_file"] = _settings()["datasets"][dataset]["class_files"][spec["class_family"]]
-        entry["inherit"] = spec["inherit"]
-        entry["official"] = False
-        if spec.get("paper_based"):
-            entry["paper_based"] = True
-        if spec.get("note"):
-            entry["note"] = spec["note"]
-        entry["source"] = (f"paper-based ({spec.get('display_name', method)}, no official code): settings of "
-                           f"'{spec['inherit']}' [{base['source']}]")
-        return entry
-    entry = copy.deepcopy(spec["datasets"][dataset])
-    entry.setdefault("official", bool(spec.get("official", True)) and not entry.get("guess", False))
-    if spec.get("note") and "note" not in entry:
-        entry["note"] = spec["note"]
+def set_method_settings_provider(provider: Callable[[str, str, "int | None"], dict] | None) -> None:
+    """Installs the resolver behind :func:`method_settings` (the method registry does, on import)."""
+    global _provider
+    _provider = provider
+
+
+def default_protocol(method: str, dataset: str) -> dict:
+    """tfovss's default protocol on ``dataset`` for a method without settings of its own.
+
+    The SCLIP-family constructor defaults (short side 336, Cityscapes 560, crop 224 / stride 112,
+    logit 40, no PAMR) with prob_thd 0.1 on the datasets with background; ``"official": False``.
+    """
+    ds = _dataset_key(dataset)
+    entry = copy.deepcopy(_settings()["default_protocol"]["datasets"][ds])
+    entry["official"] = False
+    entry["source"] = f"{entry['source']}; no preset for method {canonical_name(str(method).split('+')[0])!r}"
+    entry["method"] = str(method)
+    entry["dataset"] = ds
     return entry
 
 
 def method_settings(method: str, dataset: str, arch_depth: int | None = None) -> dict:
-    """The official inference settings of ``method`` on ``dataset`` (see ``settings.json``).
+    """Alias of :func:`tfovss_core.methods.method_settings` (the official settings of ``method``
+    on ``dataset``, from the method's card); see there for the keys.
 
-    ``method`` may carry add-on suffixes ("clearclip+lht", "sclip+atr+ssr"): the host part before
-    the first "+" selects the settings; LHT-CLIP add-ons switch PAMR off. ``arch_depth=24`` applies
-    the ViT-L/14 overrides where the official repo gives them (SC-CLIP on VOC21 / COCO-Object).
-    An unknown method gets the SCLIP-family default protocol with ``"official": False``.
-    Keys: short_side, max_long_side, crop (0 = whole image), stride, logit_scale, prob_thd,
-    area_thd, pamr_steps, pamr_dilations, class_file, source, official, method, dataset, plus
-    method extras (ResCLIP: temp_thd, rcs_weights, sfr_weights, ...).
+    The settings live on the method cards, above this layer: the registry installs itself here
+    when ``tfovss_core.methods`` is imported. Before that there is no answer, and a silent
+    default would give e.g. ClearCLIP the SCLIP family's class names, so it raises.
     """
-    ds = _dataset_key(dataset)
-    host, addons = _split_method(method)
-    entry = _resolve(host, ds) if host != "default" else None
-    if entry is None:
-        entry = copy.deepcopy(_settings()["methods"]["default"]["datasets"][ds])
-        entry["official"] = False
-        entry["source"] = f"{entry['source']}; no preset for method {host!r}"
-    overrides = entry.pop("overrides_by_depth", None) or {}
-    if arch_depth is not None and str(int(arch_depth)) in overrides:
-        ov = dict(overrides[str(int(arch_depth))])
-        ov_source = ov.pop("source", "")
-        entry.update(ov)
-        entry["arch_overrides"] = ov
-        entry["source"] = f"{entry['source']}; depth-{int(arch_depth)} override" + (
-            f": {ov_source}" if ov_source else "")
-    if addons:
-        entry["addons"] = addons
-        if _LHT_ADDONS.intersection(addons):
-            entry["pamr_steps"] = 0
-            entry["official"] = False
-            entry["paper_based"] = True
-            entry["note"] = ("LHT-CLIP add-on (no public code): host settings with PAMR off, as the paper "
-                             "states. With a ResCLIP host the paper compares against ResCLIP without SFR.")
-            entry["source"] = f"{entry['source']}; LHT-CLIP add-on: PAMR off [paper]"
-            if "use_sfr" in entry:  # SFR depends on PAMR; LHT-CLIP's ResCLIP rows are without SFR
-                entry["use_sfr"] = False
-                entry["source"] += ", ResCLIP's SFR off [paper]"
-    entry["method"] = str(method)
-    entry["dataset"] = ds
-    return entry
+    if _provider is None:
+        raise LookupError(f"the settings of method {method!r} come from its method card: import "
+                          "tfovss_core.methods (or call tfovss_core.methods.method_settings) first")
+    return _provider(method, dataset, arch_depth)
 
 
 # ----------------------------------------------------------------------------- presets
@@ -188,14 +148,19 @@ class DatasetPreset:
     reduce_zero_label: bool
     has_background: bool
 
+    def class_file(self, family: str = "sclip_family") -> str:
+        """The bundled class-name file of ``family`` ("sclip_family" or "clearclip") for this dataset."""
+        files = _settings()["datasets"][self.name]["class_files"]
+        if family not in files:
+            raise KeyError(f"preset {self.name!r} has no class file of family {family!r}; families: {sorted(files)}")
+        return files[family]
+
     def classes(self, method: str | None = None) -> list[list[str]]:
         """Synonyms per class from the class file ``method`` officially uses (default: SCLIP family)."""
-        meta = _settings()["datasets"][self.name]
         if method is None:
-            filename = meta["class_files"]["sclip_family"]
+            filename = self.class_file()
         else:
-            host, _ = _split_method(method)
-            filename = method_settings(host, self.name)["class_file"]
+            filename = method_settings(str(method).split("+")[0], self.name)["class_file"]
         if not filename:
             raise ValueError(f"preset {self.name!r} ships no class-name file")
         return [list(names) for names in _bundled_classes(filename)]

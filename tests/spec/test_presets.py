@@ -40,9 +40,7 @@ ENTRY_KEYS = {"short_side", "crop", "stride", "logit_scale", "prob_thd", "area_t
 def _golden_files() -> list[Path]:
     """The goldens of the registered methods (a method's goldens join once it is implemented)."""
     from tfovss_core.methods import list_methods
-    # proxyclip's per-dataset settings and class lists are still in methods/proxyclip.py
-    # (DATASET_SETTINGS), not yet in the presets; its goldens are checked by its own conformance test.
-    known = set(list_methods()) - {"proxyclip"}
+    known = set(list_methods())
     return sorted(p for p in GOLDEN.glob("*/*.json") if p.parent.name in known) if GOLDEN.is_dir() else []
 
 
@@ -212,18 +210,26 @@ _KNOWN_GOLDEN_DIFFS = {
 
 
 @pytest.mark.parametrize("path", [p for p in _golden_files()
-                                  if json.loads(p.read_text())["variant"] in ("default", "pamr_on")],
+                                  if json.loads(p.read_text()).get("variant", "default") in ("default", "pamr_on")],
                          ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_settings_match_golden_effective(path):
     golden = json.loads(path.read_text())
     method, dataset = golden["method"], _dataset_of(golden)
-    depth = 24 if golden["weights"]["arch"] == "ViT-L/14" else 12
+    clip_weights = golden["weights"].get("clip", golden["weights"])  # proxyclip's also name the VFM's
+    depth = 24 if clip_weights["arch"] == "ViT-L/14" else 12
     s = method_settings(method, dataset, arch_depth=depth)
     eff = golden["effective"]
     got = {"logit_scale": s["logit_scale"], "prob_thd": s["prob_thd"], "slide_crop": s["crop"],
            "slide_stride": s["stride"], "area_thd": s["area_thd"], "pamr": s["pamr_steps"] > 0}
+    if method == "proxyclip":  # the method's own knobs, checked against its card's option defaults
+        from tfovss_core.methods import get_method_class
+        opts = get_method_class("proxyclip").Options()
+        got.update(beta=opts.beta, gamma=opts.gamma, vfm_hub_entry=opts.vfm,
+                   pad_multiple=get_method_class("proxyclip").pad_multiple)
     for key, value in eff.items():
-        if (method, dataset, key) in _KNOWN_GOLDEN_DIFFS and golden["variant"] == "default":
+        if (method, dataset, key) in _KNOWN_GOLDEN_DIFFS and golden.get("variant", "default") == "default":
+            continue
+        if key not in got:  # proxyclip's run facts (grids, padding of crop 0): its conformance test
             continue
         assert got[key] == value, (key, got[key], value)
     assert golden["test_resize_scale"] == [s["max_long_side"], s["short_side"]]
@@ -319,7 +325,9 @@ def test_no_heavy_imports():
     code = ("import sys, importlib.util as u; "
             f"spec = u.spec_from_file_location('presets_only', {str(PRESET_DIR / '__init__.py')!r}); "
             "p = sys.modules[spec.name] = u.module_from_spec(spec); spec.loader.exec_module(p); "
-            "p.method_settings('sclip', 'voc21'); p.get_preset('ade847').classes(); "
+            "p.get_preset('ade847').classes(); "
+            # without the method registry there is no answer, and no silent default either
+            "exec('try: p.method_settings(\\'sclip\\', \\'voc21\\')\\nexcept LookupError: pass\\nelse: raise AssertionError(\\'no error\\')'); "
             "bad = [m for m in ('torch', 'fiftyone', 'numpy', 'open_clip') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

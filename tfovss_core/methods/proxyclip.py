@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from tfovss_core.clip.vfm import FEATURE_KINDS, VisionFoundationModel, list_vfms, load_vfm
 from tfovss_core.errors import ConfigError
-from tfovss_core.methods import Method, MethodInfo, option, register_method
+from tfovss_core.methods import Method, MethodCard, MethodInfo, option, register_method
 
 OFFICIAL = "mc-lan/ProxyCLIP"
 # The goldens were made at e7b767f; the configs below were read at 05c3c18 (same values where both exist).
@@ -34,13 +34,15 @@ def _entry(short_side: int, prob_thd: float, class_file: str, source: str, *, cr
     return entry
 
 
-# The official per-dataset settings, in the schema of spec/presets/settings.json (to be wired into the
-# method cards). Class defaults of ProxyCLIPSegmentation: logit_scale 40, slide_crop 336, slide_stride 112,
+# The official per-dataset settings (the card's ``datasets``). Class defaults of ProxyCLIPSegmentation: logit_scale 40, slide_crop 336, slide_stride 112,
 # prob_thd 0; each cfg_<dataset>.py sets the test Resize short side and may override prob_thd / windows.
 # Windows are always zero-padded to a multiple of 56 (forward_slide: compute_padsize(H, W, 56)).
+# Class lists: the goldens fix VOC20 (ClearCLIP's one-word list) and VOC21 (SCLIP's background
+# synonyms, then ClearCLIP's one-word names: proxyclip_voc21.txt); for the other datasets the
+# official cls_*.txt were not compared here and the SCLIP-family lists are used (our choice).
 DATASET_SETTINGS: dict[str, dict] = {
-    "voc21": _entry(336, 0.2, "voc21.txt", f"{OFFICIAL}@e7b767f: configs/cfg_voc21.py (golden proxyclip/voc21_*)"),
-    "voc20": _entry(336, 0.0, "voc20.txt", f"{OFFICIAL}@e7b767f: configs/cfg_voc20.py (golden proxyclip/voc20_*)"),
+    "voc21": _entry(336, 0.2, "proxyclip_voc21.txt", f"{OFFICIAL}@e7b767f: configs/cfg_voc21.py (golden proxyclip/voc21_*)"),
+    "voc20": _entry(336, 0.0, "clearclip_voc20.txt", f"{OFFICIAL}@e7b767f: configs/cfg_voc20.py (golden proxyclip/voc20_*)"),
     "context60": _entry(336, 0.15, "context60.txt", f"{OFFICIAL}@05c3c18: configs/cfg_context60.py"),
     "context59": _entry(336, 0.0, "context59.txt", f"GUESS: no cfg_context59.py in the snapshot read; {OFFICIAL} "
                         "class defaults with the 336 short side of its other PASCAL configs", guess=True),
@@ -64,7 +66,6 @@ class ProxyAttention:
     keep_count: torch.Tensor    # (N, M) kept entries per row
 
 
-@register_method
 class ProxyCLIP(Method):
     name = "proxyclip"
     info = MethodInfo(
@@ -94,7 +95,6 @@ class ProxyCLIP(Method):
                                              "the last block's attention (the official code's commented-out "
                                              "alternatives).", choices=FEATURE_KINDS)
 
-    default_settings = PROXYCLIP_PROTOCOL
     needs_context = True
     pad_multiple = 56      # forward_slide pads every window to a multiple of 56 (= 7 DINO/8 patches)
 
@@ -163,3 +163,14 @@ class ProxyCLIP(Method):
         out = super().describe()
         out["vfm"] = self.vfm.describe()
         return out
+
+
+CARD = MethodCard(
+    method=ProxyCLIP,
+    display_name="ProxyCLIP",
+    repo=OFFICIAL, commit="e7b767f",
+    protocol=PROXYCLIP_PROTOCOL,
+    datasets=DATASET_SETTINGS,
+    aliases=("proxy_clip",),
+)
+register_method(CARD)

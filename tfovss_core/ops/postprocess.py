@@ -154,10 +154,11 @@ def mask_and_confidence(full_res_logits, query_class: torch.Tensor, num_classes:
     for _, start, _, scaled, merged in chunk_logits():
         old_max = top.best
         top.update(merged, start)
+        # float32 terms (within 2 ulp each), accumulated across chunks in float64
         rescale = torch.exp((old_max - top.best).double())
-        shift = top.best.double()
-        query_sum = query_sum * rescale + torch.exp(scaled.double() - shift).sum(dim=0)
-        class_sum = class_sum * rescale + torch.exp(merged.double() - shift).sum(dim=0)
+        query_sum = query_sum * rescale + torch.exp(scaled - top.best).sum(dim=0).double()
+        if renormalize:
+            class_sum = class_sum * rescale + torch.exp(merged - top.best).sum(dim=0).double()
     max_logit = top.best
     winner, winner_logit, tie = top.index, top.best, top.near_tie()
 
@@ -174,11 +175,11 @@ def mask_and_confidence(full_res_logits, query_class: torch.Tensor, num_classes:
             # pass 2: the argmax and the class sum over the kept classes only (same max and query sum)
             top = _RunningTop(size, device)
             class_sum = torch.zeros(size, dtype=torch.float64, device=device)
-            shift = max_logit.double()
             for _, start, stop, _, merged in chunk_logits():
                 merged = merged.masked_fill(~keep[start:stop].view(-1, 1, 1), float("-inf"))
                 top.update(merged, start)
-                class_sum += torch.exp(merged.double() - shift).sum(dim=0)
+                if renormalize:
+                    class_sum += torch.exp(merged - max_logit).sum(dim=0).double()
             winner, winner_logit, tie = top.index, top.best, top.near_tie()
         else:
             tie = tie.clone()

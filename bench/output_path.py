@@ -58,6 +58,14 @@ def cost_outside_model(data_dir: Path, repeats: int = 3) -> list[dict]:
     return rows
 
 
+def _rss_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+
+
 def _rss_child(classes: int, width: int, height: int, path: str, data_dir: str) -> None:
     """Runs in a fresh process: prints the peak RSS above the loaded model (MiB), or the refusal."""
     import torch
@@ -68,11 +76,13 @@ def _rss_child(classes: int, width: int, height: int, path: str, data_dir: str) 
     seg = Segmenter(tiny_clip(seed=0), "sclip", PRESETS[classes], templates=ONE_TEMPLATE)
     seg.text_features
     image = _photo(Path(data_dir), (width, height))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = _rss_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:   # resets the high-water mark to the current RSS
+        f.write("5")
     t = time.perf_counter()
     try:
         seg.predict(image) if path == "protocol" else seg.predict_mask(image)
-        result = {"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base,
+        result = {"peak_mib": _rss_mib("VmHWM") - base,
                   "seconds": time.perf_counter() - t}
     except InputError as exc:
         result = {"refused": str(exc)}
@@ -100,16 +110,20 @@ def main(argv=None) -> None:
     ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--sizes", default="640x480,2048x1536")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--classes", default="21,171,459,847")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         n, w, h, path = args.child.split(",")
         _rss_child(int(n), int(w), int(h), path, str(args.data_dir))
         return
-    for row in cost_outside_model(args.data_dir):
-        print(json.dumps(row), flush=True)
+    if not args.skip_cost:
+        for row in cost_outside_model(args.data_dir):
+            print(json.dumps(row), flush=True)
     if not args.skip_rss:
-        peak_rss(args.data_dir, [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")])
+        peak_rss(args.data_dir, [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")],
+                 tuple(int(n) for n in args.classes.split(",")))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ synonym max, area / probability thresholds -> probabilities + mask.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -25,7 +26,7 @@ from tfovss_core.methods import Method, get_method_class, method_settings
 from tfovss_core.methods.base import WindowContext
 from tfovss_core.clip.loading import ClipModel
 from tfovss_core.ops.pamr import pamr
-from tfovss_core.ops.postprocess import probabilities_and_mask
+from tfovss_core.ops.postprocess import mask_and_confidence, probabilities_and_mask
 from tfovss_core.clip.text import resolve_templates
 from tfovss_core.spec.classes import resolve_classes
 
@@ -43,6 +44,17 @@ class SegmentationResult:
     def confidence(self) -> np.ndarray:
         """Per-pixel top class probability ``(H, W)``."""
         return self.probs.max(axis=0)
+
+
+@dataclass
+class MaskResult:
+    """The pre-label output of one image: the protocol's mask and top probability, no probability maps."""
+
+    mask: np.ndarray                   # (H, W) class indices (uint8 when C <= 256, else uint16)
+    confidence: np.ndarray | None      # (H, W) top class probability (float32 or float16), or None
+    class_names: list[str]
+    name: str = ""
+    stats: dict = dataclasses.field(default_factory=dict)   # passes over the class chunks, fallback pixels
 
 
 @dataclass
@@ -183,8 +195,8 @@ class Segmenter:
         crop = (min(s.crop, h), min(s.crop, w)) if s.crop else (h, w)
         return auto_batch_size(self.model.visual, crop, n_windows, x.device, s.precision)
 
-    def dense_logits(self, x: torch.Tensor, out_size: tuple[int, int], outputs=None) -> torch.Tensor:
-        """Cosine logits ``(Q, H, W)`` averaged over windows and resized to ``out_size``.
+    def input_logits(self, x: torch.Tensor, outputs=None) -> torch.Tensor:
+        """Cosine logits ``(Q, h, w)`` averaged over windows, at the resolution of the network input ``x``.
 
         ``outputs``: the :class:`WindowOutput` s of ``x`` when already computed (default: run them).
         """
@@ -202,17 +214,114 @@ class Segmenter:
             for (y1, y2, x1, x2), window_logits in zip(out.boxes, up):
                 canvas[:, y1:y2, x1:x2] += window_logits
                 count[:, y1:y2, x1:x2] += 1
-        logits = canvas / count
+        return canvas / count
+
+    def dense_logits(self, x: torch.Tensor, out_size: tuple[int, int], outputs=None) -> torch.Tensor:
+        """Cosine logits ``(Q, H, W)`` averaged over windows and resized to ``out_size``.
+
+        ``outputs``: the :class:`WindowOutput` s of ``x`` when already computed (default: run them).
+        """
+        logits = self.input_logits(x, outputs)
         return F.interpolate(logits[None], size=out_size, mode="bilinear", align_corners=False)[0]
 
     # -- prediction ------------------------------------------------------------------------------
+    #: bytes the protocol path's full-resolution maps may take (None: half the memory available now)
+    output_memory_limit: int | None = None
+    #: classes per chunk on the pre-label path (its memory is ~ this x queries per class x H x W x 4 x 4)
+    classes_per_chunk: int = 16
+
     @torch.inference_mode()
-    def predict(self, image, name: str | None = None) -> SegmentationResult:
-        """Segments one image (HxWx3 uint8 array, PIL image or path)."""
+    def predict(self, image, name: str | None = None, output: str = "probs") -> SegmentationResult | MaskResult:
+        """Segments one image (HxWx3 uint8 array, PIL image or path).
+
+        ``output="probs"`` (the protocol path) returns every class's probability map and the mask;
+        it refuses up front, with an :class:`InputError` naming the sizes, an image whose maps would
+        not fit :meth:`output_memory_budget`. ``output="mask"`` is :meth:`predict_mask`.
+        """
+        if output == "mask":
+            return self.predict_mask(image, name)
+        if output != "probs":
+            raise ConfigError(f"output={output!r}: expected 'probs' (probability maps and mask) or 'mask' "
+                              "(mask and confidence only)")
         label = image_label(image, name)
         rgb, x = self.prepare(image, label)
         size = rgb.shape[:2]
+        self.check_output_memory(size, x.device, label)
         return self.finish(self.dense_logits(x, size), x, label)
+
+    @torch.inference_mode()
+    def predict_mask(self, image, name: str | None = None, confidence: str | None = "float32") -> MaskResult:
+        """The pre-label path: the protocol's mask and top probability, computed a class chunk at a time.
+
+        The mask is identical to :meth:`predict`'s and the confidence equal to its
+        ``SegmentationResult.confidence`` within 1e-6, while memory stays bounded by
+        ``classes_per_chunk`` instead of growing with the vocabulary (no ``(C, H, W)`` maps).
+        ``confidence``: ``"float32"``, ``"float16"`` or None (not computed).
+        """
+        if confidence not in ("float32", "float16", None):
+            raise ConfigError(f"confidence={confidence!r}: expected 'float32', 'float16' or None")
+        label = image_label(image, name)
+        rgb, x = self.prepare(image, label)
+        return self.finish_mask(self.input_logits(x), x, tuple(rgb.shape[:2]), label, confidence)
+
+    @torch.inference_mode()
+    def finish_mask(self, logits: torch.Tensor, x: torch.Tensor, size: tuple[int, int], name: str = "",
+                    confidence: str | None = "float32") -> MaskResult:
+        """Mask and confidence from the input-resolution logits ``(Q, h, w)`` (see :meth:`input_logits`)."""
+        s = self.settings
+        guide = None
+        if s.pamr_steps > 0:
+            guide = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        queries_total = logits.shape[0]
+
+        def full_res_logits(queries: torch.Tensor) -> torch.Tensor:
+            # channel by channel the protocol's own operations, so each chunk is bit-identical to its
+            # rows of the protocol's maps; a 3-channel input takes another CPU kernel, so 3 -> 2 + 1
+            sub = logits[queries]
+            parts = [sub[:2], sub[2:]] if len(queries) == 3 and queries_total != 3 else [sub]
+            up = torch.cat([F.interpolate(p[None], size=size, mode="bilinear", align_corners=False)[0]
+                            for p in parts])
+            if guide is not None:
+                up = pamr(guide, up[None], s.pamr_steps, s.pamr_dilations)[0]
+            return up
+
+        mask, conf, stats = mask_and_confidence(
+            full_res_logits, self._query_class.to(logits.device), self.num_classes, size,
+            logit_scale=s.logit_scale, prob_thd=s.prob_thd, area_thd=s.area_thd,
+            renormalize=self.method.renormalize_probs, classes_per_chunk=self.classes_per_chunk,
+            with_confidence=confidence is not None)
+        mask_dtype = np.uint8 if self.num_classes <= 256 else np.uint16
+        if conf is not None:
+            conf = conf.to(getattr(torch, confidence)).cpu().numpy()
+        return MaskResult(mask=mask.to(torch.int32).cpu().numpy().astype(mask_dtype), confidence=conf,
+                          class_names=list(self.class_names), name=name, stats=stats)
+
+    def output_bytes(self, size: tuple[int, int]) -> int:
+        """Peak bytes of the protocol path's full-resolution maps for an image of ``size`` (H, W).
+
+        Live at once: the upsampled logits, the scaled logits and the softmax (Q maps each), then
+        the merged and thresholded probabilities (C maps each), PAMR's output beside its input.
+        """
+        q, c = self.text_features.shape[0], self.num_classes
+        copies = 3 * q + 2 * c + (q if self.settings.pamr_steps > 0 else 0)
+        return copies * size[0] * size[1] * 4
+
+    def output_memory_budget(self, device) -> int:
+        """:attr:`output_memory_limit`, or half the memory available now (free GPU memory on CUDA)."""
+        if self.output_memory_limit is not None:
+            return int(self.output_memory_limit)
+        return output_memory_budget(device)
+
+    def check_output_memory(self, size: tuple[int, int], device, label: str = "") -> None:
+        """Refuses (before allocating) an image whose protocol-path maps would not fit the budget."""
+        need, budget = self.output_bytes(size), self.output_memory_budget(device)
+        if need > budget:
+            vocab = f"preset {self.preset.name!r}" if self.preset else "the vocabulary"
+            raise InputError(
+                f"{label or 'image'}: {size[1]}x{size[0]} with {vocab} ({self.num_classes} classes, "
+                f"{self.text_features.shape[0]} queries) needs {need / 2**30:.1f} GiB for the full probability "
+                f"maps, over the {budget / 2**30:.1f} GiB budget; use predict(image, output='mask') "
+                "(mask and confidence in bounded memory) or raise Segmenter.output_memory_limit")
 
     @torch.inference_mode()
     def finish(self, logits: torch.Tensor, x: torch.Tensor, name: str = "") -> SegmentationResult:
@@ -249,6 +358,22 @@ class Segmenter:
                 "preset": self.preset.name if self.preset else None, "settings": s,
                 "num_templates": len(self.templates),
                 "renormalize_probs": self.method.renormalize_probs}
+
+
+def output_memory_budget(device) -> int:
+    """Half the memory available now: host memory (MemAvailable) on a CPU, free memory on CUDA."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
 
 def guarded(predict, images: Iterable) -> Iterator[tuple[Any, Any]]:

@@ -53,3 +53,184 @@ def probabilities_and_mask(logits: torch.Tensor, query_class: torch.Tensor, num_
     if renormalize:
         probs = probs / probs.sum(dim=0, keepdim=True)
     return probs, mask
+
+
+# -- the pre-label output path: the mask and the top probability, class chunk by class chunk ---------------
+#
+# The protocol path above holds every query's full-resolution logits several times over
+# (``C x H x W x 4`` bytes per copy: 10.6 GB for ade847 on a 2048x1536 photo). The pre-label path
+# below asks a callable for the full-resolution logits of a few classes' queries at a time and keeps
+# only per-pixel running state, so its memory is bounded by ``classes_per_chunk``, not by the
+# vocabulary.
+#
+# Why its masks are the protocol's: the chunks' logits are bit-identical to the protocol's (bilinear
+# upsampling and PAMR treat channels independently); for one pixel the softmax is one shared
+# denominator, so the merged class probabilities are ordered as the merged scaled logits, and the
+# first-index argmax of the probabilities is the first-index argmax of the logits. That only fails
+# where two distinct logits round to the same probability (a gap below ``TIE_MARGIN``), or where
+# the top probability lies so close to ``prob_thd`` (or to 0) that the protocol's float32 sum and
+# ours may fall on different sides. Those few pixels are recomputed with the protocol's own
+# softmax on their gathered logits, so the decision there is the protocol's own.
+
+#: scaled-logit gap below which two classes' float32 probabilities may round to the same value
+#: (exp and the division each round by <= 2 ulp of 2**-24 relative; 1e-6 keeps a 4x margin)
+TIE_MARGIN = 1e-6
+
+
+def class_chunks(query_class: torch.Tensor, num_classes: int, classes_per_chunk: int) -> list[torch.Tensor]:
+    """The query indices of each run of ``classes_per_chunk`` classes (every synonym of a class in one chunk)."""
+    chunks = []
+    for start in range(0, num_classes, classes_per_chunk):
+        stop = min(start + classes_per_chunk, num_classes)
+        chunks.append(torch.nonzero((query_class >= start) & (query_class < stop)).flatten())
+    return chunks
+
+
+def _top_two_distinct(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per pixel of ``(K, H, W)``: the max, its first index, and the largest value strictly below the max."""
+    best, index = values.max(dim=0)
+    below = values.masked_fill(values >= best, float("-inf")).max(dim=0).values
+    return best, index, below
+
+
+class _RunningTop:
+    """First-index argmax over class chunks, with the distinct runner-up for the tie check."""
+
+    def __init__(self, size, device):
+        self.best = torch.full(size, float("-inf"), device=device)
+        self.second = torch.full(size, float("-inf"), device=device)
+        self.index = torch.zeros(size, dtype=torch.long, device=device)
+
+    def update(self, class_logits: torch.Tensor, first_class: int) -> None:
+        best, index, below = _top_two_distinct(class_logits)
+        wins = best > self.best                        # strictly: an earlier class keeps a tie
+        candidates = torch.stack([self.best, self.second, best, below])
+        new_best = torch.maximum(self.best, best)
+        self.second = candidates.masked_fill(candidates >= new_best, float("-inf")).max(dim=0).values
+        self.index = torch.where(wins, index + first_class, self.index)
+        self.best = new_best
+
+    def near_tie(self) -> torch.Tensor:
+        return (self.best - self.second) <= TIE_MARGIN
+
+
+def _merge_chunk(scaled: torch.Tensor, chunk_query_class: torch.Tensor, first_class: int,
+                 n_classes: int) -> torch.Tensor:
+    """Synonym max of one chunk's scaled logits ``(q, H, W)`` -> ``(n_classes, H, W)``."""
+    local = chunk_query_class - first_class
+    if scaled.shape[0] == n_classes and bool((local == torch.arange(n_classes, device=local.device)).all()):
+        return scaled
+    return merge_synonyms(scaled, local, n_classes)
+
+
+def mask_and_confidence(full_res_logits, query_class: torch.Tensor, num_classes: int, size: tuple[int, int], *,
+                        logit_scale: float, prob_thd: float = 0.0, area_thd: float | None = None,
+                        renormalize: bool = False, classes_per_chunk: int = 16,
+                        with_confidence: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """The protocol's mask (and top probability) without its ``(C, H, W)`` probability maps.
+
+    ``full_res_logits(query_indices) -> (q, H, W)`` gives the raw cosine logits of those queries at
+    the output resolution, bit-identical to the protocol path's (called once per chunk per pass).
+    Returns ``(mask, confidence or None, stats)``: the mask (long), the top class probability
+    (float32, after the area threshold and ``renormalize``, as ``SegmentationResult.confidence``)
+    and ``stats`` (passes over the chunks, pixels decided by the protocol's own softmax).
+    """
+    device = query_class.device
+    chunks = class_chunks(query_class, num_classes, classes_per_chunk)
+    bounds = [(start, min(start + classes_per_chunk, num_classes)) for start in range(0, num_classes, classes_per_chunk)]
+    stats = {"passes": 0, "fallback_pixels": 0}
+
+    def chunk_logits():
+        stats["passes"] += 1
+        for queries, (start, stop) in zip(chunks, bounds):
+            scaled = full_res_logits(queries).float() * logit_scale
+            yield queries, start, stop, scaled, _merge_chunk(scaled, query_class[queries], start, stop - start)
+
+    # pass 1: running max (= the softmax's max), the float64 softmax denominators over queries and
+    # over merged classes (rescaled when the max grows), and the first-index argmax over classes
+    top = _RunningTop(size, device)
+    query_sum = torch.zeros(size, dtype=torch.float64, device=device)
+    class_sum = torch.zeros(size, dtype=torch.float64, device=device)
+    for _, start, _, scaled, merged in chunk_logits():
+        old_max = top.best
+        top.update(merged, start)
+        # float32 terms (within 2 ulp each), accumulated across chunks in float64
+        rescale = torch.exp((old_max - top.best).double())
+        query_sum = query_sum * rescale + torch.exp(scaled - top.best).sum(dim=0).double()
+        if renormalize:
+            class_sum = class_sum * rescale + torch.exp(merged - top.best).sum(dim=0).double()
+    max_logit = top.best
+    winner, winner_logit, tie = top.index, top.best, top.near_tie()
+
+    keep = None
+    if area_thd is not None:
+        argmax = winner.clone()
+        if bool(tie.any()):   # the counts need the protocol's own argmax where a rounding tie is possible
+            exact = _protocol_decisions(chunk_logits(), tie, query_class, num_classes, logit_scale)
+            argmax[tie] = exact["argmax"]
+            stats["fallback_pixels"] += int(tie.sum())
+        counts = torch.bincount(argmax.flatten(), minlength=num_classes)[1:].to(torch.float32)
+        keep = torch.cat([torch.ones(1, dtype=torch.bool, device=device), counts > area_thd * counts.sum()])
+        if not bool(keep.all()):
+            # pass 2: the argmax and the class sum over the kept classes only (same max and query sum)
+            top = _RunningTop(size, device)
+            class_sum = torch.zeros(size, dtype=torch.float64, device=device)
+            for _, start, stop, _, merged in chunk_logits():
+                merged = merged.masked_fill(~keep[start:stop].view(-1, 1, 1), float("-inf"))
+                top.update(merged, start)
+                if renormalize:
+                    class_sum += torch.exp(merged - max_logit).sum(dim=0).double()
+            winner, winner_logit, tie = top.index, top.best, top.near_tie()
+        else:
+            tie = tie.clone()
+            tie.zero_()        # the argmax was already made exact above
+
+    top_prob = torch.exp(winner_logit.double() - max_logit.double()) / query_sum
+    # the protocol sums Q float32 terms: its denominator is within (Q + 8) * 2**-24 of ours, relatively
+    tolerance = (query_class.numel() + 8) * 2.0 ** -24
+    risky = tie | (top_prob < 1e-30)
+    if prob_thd > 0:
+        risky |= (top_prob - prob_thd).abs() <= prob_thd * tolerance
+    confidence = top_prob / (class_sum / query_sum) if renormalize else top_prob
+    mask = winner.clone()
+    if prob_thd > 0:
+        mask = torch.where(top_prob < prob_thd, torch.zeros_like(mask), mask)
+    if bool(risky.any()):
+        exact = _protocol_decisions(chunk_logits(), risky, query_class, num_classes, logit_scale, keep=keep,
+                                    prob_thd=prob_thd, renormalize=renormalize)
+        mask[risky] = exact["mask"]
+        confidence[risky] = exact["confidence"].double()
+        stats["fallback_pixels"] += int(risky.sum())
+    return mask, (confidence.float() if with_confidence else None), stats
+
+
+def _protocol_decisions(chunk_iter, pixels: torch.Tensor, query_class: torch.Tensor, num_classes: int,
+                        logit_scale: float, *, keep: torch.Tensor | None = None, prob_thd: float = 0.0,
+                        renormalize: bool = False) -> dict:
+    """The protocol's decisions at the ``pixels`` (bool ``(H, W)``), from their gathered logits.
+
+    The softmax runs on blocks of 64 gathered pixels so each is computed in full vector lanes, as
+    the protocol's softmax computes all but a handful of pixels of an image.
+    """
+    flat = pixels.flatten()
+    gathered = torch.empty((query_class.numel(), int(flat.sum())), device=pixels.device)
+    for queries, _, _, scaled, _ in chunk_iter:
+        gathered[queries] = scaled.reshape(len(queries), -1)[:, flat]
+    block = 64
+    n = gathered.shape[1]
+    padded = torch.zeros((gathered.shape[0], -(-n // block) * block), device=gathered.device)
+    padded[:, :n] = gathered
+    probs = torch.cat([torch.softmax(padded[:, i:i + block], dim=0) for i in range(0, padded.shape[1], block)],
+                      dim=1)[:, :n]
+    probs = merge_synonyms(probs[:, :, None], query_class, num_classes)[:, :, 0]
+    argmax = probs.max(dim=0).indices
+    out = {"argmax": argmax}
+    if keep is not None:
+        probs = probs * keep.to(probs.dtype).view(-1, 1)
+    top, mask = probs.max(dim=0)
+    if prob_thd > 0:
+        mask = torch.where(top < prob_thd, torch.zeros_like(mask), mask)
+    if renormalize:
+        top = (probs / probs.sum(dim=0, keepdim=True)).max(dim=0).values
+    out.update(mask=mask, confidence=top)
+    return out

@@ -105,10 +105,10 @@ def _method_defaults(method: str) -> dict:
 def run_settings(method: str, importer, weights: Weights, overrides: dict) -> dict:
     """Everything that determines a run's numbers (the settings-hash input)."""
     from tfovss_core import __version__
-    from tfovss_core.spec import presets
+    from tfovss_core.methods import method_settings
 
     preset = getattr(importer, "preset_name", importer.name)
-    official = (presets.method_settings(method, preset, _vision_depth(weights.arch))
+    official = (method_settings(method, preset, _vision_depth(weights.arch))
                 if preset else None)
     info = importer.info()
     return jsonable({

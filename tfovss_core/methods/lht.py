@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass
 from functools import lru_cache
@@ -47,6 +48,9 @@ HOSTS = ("sclip", "clearclip", "resclip", "naclip")
 # unpublished draft's ablation baseline) and ResCLIP without SFR (the draft compares against ResCLIP
 # w/o SFR; the project page's ResCLIP row, 60.0 on VOC21, is that number).
 _HOST_DEFAULTS = {"sclip": {"residual_ffn": False}, "resclip": {"use_sfr": False}}
+_HOST_DEFAULT_READING = ("Changed under LHT-CLIP after an unpublished draft of the paper (its baseline: the final "
+                         "block without residual / FFN; its ResCLIP rows without SFR); the public text does "
+                         "not say.")
 
 
 # ----------------------------------------------------------------------------------- primitives
@@ -256,8 +260,12 @@ def _compose_options(host_cls, enabled: frozenset[str]):
     overrides = dict(_HOST_DEFAULTS.get(host_cls.name, {}))
     overrides.update({f"use_{c}": c in enabled for c in COMPONENTS})
     spec = []
+    changed = _HOST_DEFAULTS.get(host_cls.name, {})
     for f in dataclasses.fields(host_cls.Options):
-        spec.append((f.name, host_hints[f.name], _copy_field(f, overrides.get(f.name, dataclasses.MISSING))))
+        copied = _copy_field(f, overrides.get(f.name, dataclasses.MISSING))
+        if f.name in changed:   # the host's default changed by the add-on: its provenance is the draft's
+            copied.metadata = types.MappingProxyType({**f.metadata, "source": "draft", "reading": _HOST_DEFAULT_READING})
+        spec.append((f.name, host_hints[f.name], copied))
     host_names = {f.name for f in dataclasses.fields(host_cls.Options)}
     for f in dataclasses.fields(LHTOptions):
         if f.name in host_names:

@@ -15,7 +15,9 @@
 :func:`calibrate` picks LHT-CLIP's top-k SHE heads and Liu et al.'s k_M layer from a labelled
 sample and :func:`save_profile` stores them as JSON; methods load a profile by name with their
 ``profile`` option. **No profile ships with tfovss**: none has been measured on real pretrained
-weights here, so without one the methods use the paper's stated choice (see each method's docs).
+weights here, so without one LHT-CLIP's heads and Liu et al.'s ViT-B/16 k_M layer are our fallbacks,
+not the papers' choices (the LHT-CLIP text selects the top-k heads by discriminability and does not
+publish them; Liu et al. give k_M for ViT-L only). See each method's provenance table.
 
 AUCs are computed per image over the pairs of patches whose label is known (a patch takes the
 majority label of its pixels when at least ``min_fraction`` of them carry it, ignore pixels
@@ -191,17 +193,23 @@ def feature_coherence(backbone, samples: Iterable, size: int = 224, ignore_index
 
 
 def head_discriminability(backbone, samples: Iterable, size: int = 224, ignore_index: int = 255,
-                          atr_tau: float | None = 0.5, atr_sigma: float | None = 1.0) -> np.ndarray:
-    """``(depth - 1, heads)`` mean pair AUC of each head's contribution in the blocks before the
-    final one (LHT-CLIP's head analysis), ATR applied with the penultimate output's flags."""
+                          atr_tau: float | None = 0.5, atr_sigma: float | None = 1.0,
+                          candidates: str = "before_last") -> np.ndarray:
+    """``(blocks, heads)`` mean pair AUC of each head's contribution (LHT-CLIP's head analysis), ATR
+    applied with the penultimate output's flags. ``candidates="before_last"``: the blocks before the
+    final one (132 heads on B/16, our default pool); ``"all"``: every block (the text's 144; the
+    final block's heads with its stock attention on the penultimate stream)."""
     bb = _backbone(backbone)
-    values = [[[] for _ in range(bb.heads)] for _ in range(bb.depth - 1)]
+    if candidates not in ("before_last", "all"):
+        raise ConfigError(f"head candidates must be 'before_last' or 'all', got {candidates!r}")
+    pool = bb.depth if candidates == "all" else bb.depth - 1
+    values = [[[] for _ in range(bb.heads)] for _ in range(pool)]
     for s in _samples(bb, samples, size, ignore_index):
         with torch.inference_mode():
             trunk = bb.run_trunk(s.x, TrunkRequest(depth=bb.depth - 1, keep=frozenset(range(bb.depth - 1))))
             grid = trunk.grid
             flags = abnormal_tokens(trunk.x[:, 1:], atr_tau) if atr_tau is not None else None
-            for layer in range(bb.depth - 1):
+            for layer in range(pool):
                 contrib = head_contributions(bb, layer, trunk.stream(layer), range(bb.heads))[0, :, 1:]
                 if flags is not None:
                     contrib = neighbour_fill(contrib, flags.expand(bb.heads, -1), grid, atr_sigma)
@@ -266,12 +274,15 @@ def abnormal_channels(backbone, ratio_thd: float = 3.0) -> dict[int, int]:
 
 # ------------------------------------------------------------------------------------- calibration
 def calibrate(model, samples: Iterable, top_k: int = 10, size: int = 224, ignore_index: int = 255,
-              name: str | None = None, directory: str | os.PathLike | None = None) -> dict:
-    """Picks LHT-CLIP's top-k SHE heads and Liu et al.'s k_M layer from labelled ``(image, mask)``
-    pairs; saves the profile as ``<name>.json`` when ``name`` is given (see :func:`save_profile`)."""
+              name: str | None = None, directory: str | os.PathLike | None = None,
+              candidates: str = "before_last") -> dict:
+    """Picks LHT-CLIP's top-k SHE heads (the text's selection; from the ``candidates`` pool, see
+    :func:`head_discriminability`) and Liu et al.'s k_M layer from labelled ``(image, mask)``
+    pairs; saves the profile as ``<name>.json`` when ``name`` is given (see :func:`save_profile`).
+    LHT-CLIP uses it with ``profile=<name>`` (``she_top_k`` cuts the stored ranking)."""
     bb = _backbone(model)
     prepared = _samples(bb, samples, size, ignore_index)
-    heads = head_discriminability(bb, prepared, size, ignore_index)
+    heads = head_discriminability(bb, prepared, size, ignore_index, candidates=candidates)
     coherence = feature_coherence(bb, prepared, size, ignore_index)
     layers = layer_discriminability(bb, prepared, "output", size, ignore_index)
     flat = np.nan_to_num(heads, nan=-np.inf).reshape(-1)
@@ -284,7 +295,8 @@ def calibrate(model, samples: Iterable, top_k: int = 10, size: int = 224, ignore
                      "patch": bb.patch},
         "model": model.describe() if hasattr(model, "describe") and not isinstance(model, VisionBackbone) else None,
         "samples": len(prepared), "size": size,
-        "lht": {"she_heads": she_heads, "top_k": top_k, "head_auc": np.round(heads, 6).tolist()},
+        "lht": {"she_heads": she_heads, "top_k": top_k, "candidates": candidates,
+                "head_auc": np.round(heads, 6).tolist()},
         "unveil": {"coherence_layer_idx": int(np.argmax(finite)) if np.isfinite(finite).any() else None,
                    "coherence": [round(v, 6) for v in coherence]},
         "layer_auc": [round(v, 6) for v in layers],

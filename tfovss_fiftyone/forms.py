@@ -95,12 +95,22 @@ def add_optional_number(inputs, name, kind, label, description, default=None):
                       required=False)
 
 
+def option_help(opt: dict) -> str:
+    """An option's form help: its doc, where its default comes from, and the reading it labels."""
+    parts = [opt.get("doc") or ""]
+    if opt.get("source"):
+        parts.append(f"[default: {opt['source']}]")
+    if opt.get("reading"):
+        parts.append(f"Reading: {opt['reading']}")
+    return " ".join(p for p in parts if p)
+
+
 def add_method_options(inputs, options: list[dict]) -> None:
     """One input per method option (``tfovss_core.describe_method(m)["options"]``)."""
     for opt in options:
         name = OPT_PREFIX + opt["name"]
         typ = str(opt.get("type", ""))
-        doc = opt.get("doc") or ""
+        doc = option_help(opt)
         default = opt.get("default")
         label = opt["name"].replace("_", " ")
         if opt.get("choices"):

@@ -168,6 +168,9 @@ def cmd_methods(args) -> int:
             print(f"    paper: {info['paper']}\n    code:  {info['official_code'] or '-'}\n    {info['summary']}")
             for opt in info["options"]:
                 print(f"    --set {opt['name']}={json.dumps(opt['default'])}  ({opt['type']}; {opt['source']}) {opt['doc']}")
+                for key in ("reading", "passage"):
+                    if opt.get(key):
+                        print(f"        {key}: {opt[key]}")
     return 0
 
 

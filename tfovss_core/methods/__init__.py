@@ -214,7 +214,8 @@ def describe_method(name: str) -> dict:
         options.append({"name": f.name, "type": str(hints.get(f.name, "")).replace("typing.", ""),
                         "default": list(default) if isinstance(default, tuple) else default,
                         "doc": f.metadata.get("doc", ""), "source": f.metadata.get("source", "authors"),
-                        **({"choices": list(f.metadata["choices"])} if "choices" in f.metadata else {})})
+                        **({"choices": list(f.metadata["choices"])} if "choices" in f.metadata else {}),
+                        **{k: f.metadata[k] for k in ("reading", "passage") if k in f.metadata}})
     info = cls.info
     return {"name": cls.name, "title": info.title, "paper": info.paper, "official_code": info.official_code,
             "paper_based": info.paper_based, "summary": info.summary, "options": options,

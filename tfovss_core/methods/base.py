@@ -17,16 +17,33 @@ from tfovss_core.clip.backbone import Trunk, TrunkRequest, VisionBackbone
 from tfovss_core.errors import ConfigError
 
 
-def option(default: Any, doc: str, *, source: str = "authors", choices: tuple | None = None) -> Any:
+# Where an option's default comes from. "authors": the official code or the published paper
+# (for a paper-based method the option carries the paper's words as ``passage``); "draft": an
+# unpublished version of the paper (not a public source: the value cannot be checked against a
+# published text); "ours": our reading or guess where the authors give nothing; "backbone": looked
+# up per backbone in the method card's ``constants`` when left at ``None`` (the card says where
+# each constant comes from).
+PROVENANCE = ("authors", "draft", "ours", "backbone")
+
+
+def option(default: Any, doc: str, *, source: str = "authors", choices: tuple | None = None,
+           reading: str | None = None, passage: str | None = None) -> Any:
     """A documented method option.
 
-    ``source`` says where the default comes from: ``"authors"`` (the official code or paper),
-    ``"ours"`` (our reading where the authors give nothing), ``"backbone"`` (looked up per
-    backbone in the method card's ``constants`` when left at ``None``).
+    ``source`` says where the default comes from (one of :data:`PROVENANCE`). ``reading`` labels a
+    default that is one reading of an ambiguous text (what the text says, what we do instead or
+    in addition); ``passage`` quotes the text the default rests on. Both are shown by
+    ``describe_method``, ``tfovss methods NAME`` and the App's forms.
     """
+    if source not in PROVENANCE:
+        raise ValueError(f"option source {source!r} is not one of {PROVENANCE}")
     meta = {"doc": doc, "source": source}
     if choices is not None:
         meta["choices"] = choices
+    if reading is not None:
+        meta["reading"] = reading
+    if passage is not None:
+        meta["passage"] = passage
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)

@@ -5,12 +5,19 @@ Paper-based re-implementation: no code has been published. The final block keeps
 ``Z = Proj(softmax(Attn) V)`` (no residual, no FFN) and rebuilds both factors:
 
 * CRA (coherence enhanced residual attention), Eq. 3: ``Attn = tau (k_M k_M^T + G(k_M))`` with the
-  L2-normalised keys of the most coherent middle layer ``M`` and the relation attention ``G``: eps
-  for two patches that are density-reachable within cosine distance ``eps`` (DBSCAN), else 0;
+  keys of the most coherent middle layer ``M`` (L2-normalised by default: ours, the text normalises
+  them only for its coherence metric; ``normalise_keys``) and the relation attention ``G``: eps
+  for two patches that are density-reachable within cosine distance ``eps``, else 0 (the text's
+  "soft-dbscan", which it defines only by that sentence: we compute hard DBSCAN connectivity);
   ``eps = 0.75``, ``tau = 6`` [paper].
 * DSI (deep semantic integration), Eq. 4: deep layers re-run without self-attention,
   ``x~_i = x_{i-1} + FFN_i(x_{i-1})``, projected with the *final* block's value projection and
-  averaged with the final value ``v_L``; the last three layers by default [paper].
+  averaged with the final value ``v_L``; the last three layers by default [paper]. Our reading
+  applies each block's ``ln_2`` inside ``FFN_i`` (CLIP's MLP always sees normalised tokens), where
+  Eq. 4 writes ``FFN(x_{i-1})`` (``dsi_ffn_ln``), and the final ``ln_1`` before ``w_L^v`` (``dsi_ln``).
+
+The k_M layer for ViT-B/16 and the protocol (SCLIP's 336 / 224 / 112, where the text says only "the
+TCL protocol") are ours.
 """
 from __future__ import annotations
 
@@ -102,32 +109,53 @@ class Unveil(Method):
         reported="docs/methods/unveil.md",
     )
 
+    # Provenance: "authors" = the AAAI'25 paper (its words in ``passage``); "ours" = our reading;
+    # "backbone" = the card's per-backbone constants (ViT-L/14 from the paper, ViT-B/16 ours).
     @dataclass
     class Options:
         coherence_layer_idx: int | None = option(
             None, "Block M whose keys build the attention (0-based; L/14: 8 = layer 9 [paper]; B/16: "
-                  "6, GUESS). A calibration profile can set it.", source="backbone")
-        eps: float = option(0.75, "Cosine-distance threshold of the relation attention, also its value.")
-        temperature: float = option(6.0, "tau of Eq. 3.")
-        relation: str = option("dbscan", "G: density-reachability (the paper's 'soft-dbscan' reading), "
+                  "6, our guess). A calibration profile can set it.", source="backbone",
+            reading="The text picks M per model from Fig. 4, which we do not have for ViT-B; it states "
+                    "'layers 8-9 for CLIP with a ViT-L backbone'.")
+        eps: float = option(0.75, "Cosine-distance threshold of the relation attention, also its value.",
+                            passage="The cosine distance threshold ϵ is empirically set to 0.75.")
+        temperature: float = option(6.0, "tau of Eq. 3.",
+                                    passage="The temperature in Eq. 3 is set to 6 across all models and datasets.")
+        normalise_keys: bool = option(
+            True, "L2-normalise k_M before k_M k_M^T in Eq. 3 (False: the raw keys, as Eq. 3 is written).",
+            source="ours",
+            reading="The text L2-normalises the keys for its coherence metric ('Given the L2 normalized k_i'); "
+                    "Eq. 3 writes k_M k_M^T without saying. With raw keys tau = 6 gives a much sharper softmax.")
+        relation: str = option("dbscan", "G: density-connectivity (our reading of 'soft-dbscan'), "
                                          "common_neighbour (the Method section's wording) or none "
                                          "(k_M-k_M only, Table 4).", source="ours",
-                               choices=("dbscan", "common_neighbour", "none"))
-        min_samples: int = option(5, "DBSCAN's core-point size (not given; sklearn's default, GUESS).",
+                               choices=("dbscan", "common_neighbour", "none"),
+                               reading="The text says 'soft-dbscan' but defines it only as 'if two points are "
+                                       "density-reachable within a cosine distance threshold, their "
+                                       "relation-attention is assigned eps, otherwise 0': no soft variant is "
+                                       "defined, so 'dbscan' is hard DBSCAN connectivity.")
+        min_samples: int = option(5, "DBSCAN's core-point size (not given; sklearn's default, our guess).",
                                   source="ours")
         per_head: bool = option(False, "Key attention per head instead of the concatenated key (the "
-                                       "paper concatenates heads for its metric; GUESS for Attn).",
+                                       "paper concatenates heads for its metric; our guess for Attn).",
                                 source="ours")
         dsi_start: int = option(-3, "l of Table 5: -1 = the final value only, -3 = the last three "
-                                    "layers (default), -k = the last k.")
+                                    "layers (default), -k = the last k.",
+                                passage="If not specified, we ensemble the dense output of last three layers")
+        dsi_ffn_ln: bool = option(
+            True, "Apply each re-run block's ln_2 inside its FFN (False: FFN_i(x_{i-1}) on the raw stream, "
+                  "as Eq. 4 is written).", source="ours",
+            reading="Eq. 4 writes x~_i = x_{i-1} + FFN(x_{i-1}); CLIP's FFN always runs after ln_2, which "
+                    "we keep.")
         dsi_ln: bool = option(True, "Apply the final block's ln_1 before its value projection to the "
-                                    "re-run outputs (GUESS; Eq. 4 writes w_L^v x~ without it).",
+                                    "re-run outputs (our guess; Eq. 4 writes w_L^v x~ without it).",
                               source="ours")
         dsi_chained: bool = option(False, "Chain the attention-free re-runs (x~ feeds the next layer) "
-                                          "instead of starting each from the normal forward (GUESS).",
+                                          "instead of starting each from the normal forward (our guess).",
                                    source="ours")
-        profile: str | None = option(None, "Name or path of a calibration profile whose k_M layer is used.",
-                                     source="ours")
+        profile: str | None = option(None, "Name or path of a calibration profile whose k_M layer is used "
+                                           "(the text's selection of M by coherence).", source="ours")
 
     def resolve_backbone_options(self) -> None:
         o = self.options
@@ -164,10 +192,8 @@ class Unveil(Method):
         _, k, _ = bb.qkv(block, block.ln_1(trunk.stream(o.coherence_layer_idx)))
         b, h, length, d = k.shape
         flat = k.transpose(1, 2).reshape(b, length, h * d)
-        if o.per_head:
-            kn = F.normalize(k, dim=-1)
-        else:
-            kn = F.normalize(flat, dim=-1).unsqueeze(1)
+        keys = k if o.per_head else flat.unsqueeze(1)
+        kn = F.normalize(keys, dim=-1) if o.normalise_keys else keys
         logits = kn @ kn.transpose(-1, -2)
         if o.relation != "none":
             g = relation_attention(flat[:, 1:], o.eps, o.relation, o.min_samples)
@@ -188,7 +214,8 @@ class Unveil(Method):
         x = None
         for i in self.dsi_blocks():
             base = x if (o.dsi_chained and x is not None) else trunk.stream(i)
-            x = base + bb.mlp(bb.block(i), base)
+            block = bb.block(i)
+            x = base + (bb.mlp(block, base) if o.dsi_ffn_ln else block.ls_2(block.mlp(base)))
             vals.append(project(x))
         return torch.stack(vals).mean(dim=0)
 
@@ -202,10 +229,12 @@ class Unveil(Method):
 CARD = MethodCard(
     method=Unveil,
     display_name="Unveiling CLIP (Liu et al.)",
-    note="No official code. SCLIP-style protocol assumed (the paper says TCL protocol on 9 benchmarks). GUESS.",
+    note=("No official code. Protocol: SCLIP's (336 / 224 / 112, logit scale 40), OUR CHOICE: the text says only "
+          "that it follows 'the evaluation protocol, as introduced in TCL' on 9 benchmarks, and its Table 1 "
+          "applies PAMR."),
     protocol=SCLIP_PROTOCOL,
     constants={
-        # Liu et al. (no code). k_M layer: not in the text for ViT-B; GUESS (spec methods-seeds §5.2).
+        # Liu et al. (no code). k_M layer: not in the text for ViT-B; OURS, a guess (spec methods-seeds §5.2).
         "ViT-B/16": dict(coherence_layer_idx=6),
         # "layers 8-9 for CLIP with a ViT-L backbone", Fig. 3 uses layer 9 (1-based) [paper, AAAI'25].
         "ViT-L/14": dict(coherence_layer_idx=8),

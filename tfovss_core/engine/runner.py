@@ -121,9 +121,16 @@ class ModelSpec:
 
 class ModelPass:
     """The model side of a job in one process: the predictors, and a MultiSegmenter per set of
-    labels an item needs (cached; a fresh run needs one, a resumed run a few)."""
+    labels an item needs (cached; a fresh run needs one, a resumed run a few).
 
-    def __init__(self, spec: ModelSpec | Mapping[str, Any], item_errors=ITEM_ERRORS):
+    ``output``: ``"probs"`` (results are ``SegmentationResult`` s, the protocol path with every
+    class's probability map) or ``"mask"`` (``MaskResult`` s: the same mask and confidence in
+    bounded memory, for sinks that store only those)."""
+
+    def __init__(self, spec: ModelSpec | Mapping[str, Any], item_errors=ITEM_ERRORS, output: str = "probs"):
+        if output not in ("probs", "mask"):
+            raise ConfigError(f"output={output!r}: expected 'probs' or 'mask'")
+        self.output = output
         self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec(predictors=dict(spec))
         self.predictors = dict(self.spec.materialise())
         if not self.predictors:
@@ -184,7 +191,7 @@ def process(model: ModelPass, work: Work, prepared=None) -> Outcome:
             out.seconds = time.time() - t
             return out
         try:
-            results = multi.predict(work.item.source, prepared=ready)
+            results = multi.predict(work.item.source, prepared=ready, output=model.output)
         except model.item_errors as exc:
             if len(labels) == 1:
                 out.errors = {labels[0]: exc}
@@ -199,7 +206,8 @@ def process(model: ModelPass, work: Work, prepared=None) -> Outcome:
             return out
     for lb in labels:
         try:
-            out.results[lb] = model.predictors[lb].predict(work.item.source)
+            out.results[lb] = (model.predictors[lb].predict(work.item.source) if model.output == "probs"
+                               else model.predictors[lb].predict(work.item.source, output=model.output))
         except model.item_errors as exc:
             out.errors[lb] = exc
     out.seconds = time.time() - t

@@ -259,11 +259,14 @@ class JobRunner:
 
     ``progress(done, todo)`` after every item sent through the pass (``todo``: the items that
     need any run). The sink's ``close`` runs at the end, also when the job aborts.
+    ``background_writes``: when > 0, the sink's writes run on a background thread with at most
+    that many waiting (:class:`~tfovss_core.engine.pipeline.BackgroundSink`), so encoding and
+    storing results overlaps the model's work on the next items.
     """
 
     def __init__(self, model: ModelPass | ModelSpec | Mapping[str, Any], runs: Sequence[RunRef],
                  sink: Sink, *, executor=None, item_errors=ITEM_ERRORS,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, background_writes: int = 0):
         self.model = model if isinstance(model, ModelPass) else ModelPass(model, item_errors)
         self.runs = list(runs)
         labels = [r.label for r in self.runs]
@@ -272,6 +275,10 @@ class JobRunner:
         missing = sorted(set(labels) - set(self.model.labels))
         if missing:
             raise ConfigError(f"runs {missing} have no predictor in the model pass")
+        if background_writes > 0:
+            from tfovss_core.engine.pipeline import BackgroundSink
+
+            sink = BackgroundSink(sink, max_pending=background_writes)
         self.sink = sink
         self.executor = executor or SerialExecutor()
         self.progress = progress

@@ -121,3 +121,17 @@ def test_unknown_output_is_refused(tiny):
         ModelPass({"sclip": seg}, output="maps")
     with pytest.raises(ConfigError, match="output='maps'"):
         MultiSegmenter(tiny, [seg]).predict(SAMPLES[0], output="maps")
+
+
+def test_whole_vocabulary_and_chunked_pre_label_paths_give_the_same_mask(tiny):
+    """Small maps take one upsampling of every query (kept for the second pass); large ones go
+    class chunk by class chunk. Both are the protocol's mask, and the same confidence."""
+    seg = Segmenter(tiny, "sclip", "voc21", prob_thd=0.05, area_thd=0.02, **COMMON)
+    protocol = seg.predict(SAMPLES[1])
+    whole = seg.predict_mask(SAMPLES[1])
+    seg.whole_vocabulary_bytes = 0
+    chunked = seg.predict_mask(SAMPLES[1])
+    assert whole.stats["passes"] == 2 and chunked.stats["passes"] == 2    # the area rule dropped classes
+    np.testing.assert_array_equal(whole.mask, protocol.mask)
+    np.testing.assert_array_equal(chunked.mask, protocol.mask)
+    np.testing.assert_array_equal(whole.confidence, chunked.confidence)

@@ -134,4 +134,5 @@ def test_whole_vocabulary_and_chunked_pre_label_paths_give_the_same_mask(tiny):
     assert whole.stats["passes"] == 2 and chunked.stats["passes"] == 2    # the area rule dropped classes
     np.testing.assert_array_equal(whole.mask, protocol.mask)
     np.testing.assert_array_equal(chunked.mask, protocol.mask)
-    np.testing.assert_array_equal(whole.confidence, chunked.confidence)
+    np.testing.assert_allclose(whole.confidence, protocol.confidence, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(chunked.confidence, protocol.confidence, rtol=0, atol=1e-6)

@@ -33,7 +33,7 @@ import torch
 from tfovss_core.clip.backbone import Trunk, TrunkRequest
 from tfovss_core.errors import ConfigError, InputError, TfovssError
 from tfovss_core.io.images import image_label
-from tfovss_core.engine.segmenter import SegmentationResult, Segmenter, WindowOutput, guarded
+from tfovss_core.engine.segmenter import MaskResult, SegmentationResult, Segmenter, WindowOutput, guarded
 from tfovss_core.engine.windows import sliding_windows
 from tfovss_core.clip.loading import ClipModel
 
@@ -99,6 +99,14 @@ def _prepare_key(seg: Segmenter):
 def _light(out: WindowOutput) -> WindowOutput:
     """Keeps what merging needs (boxes and logits), drops the per-patch features."""
     return dataclasses.replace(out, features=out.features[:0])
+
+
+def _finish(seg: Segmenter, x: torch.Tensor, size, label: str, output: str, outputs=None):
+    """One method's result from its windows (run here when ``outputs`` is None): exactly the code
+    of its own ``predict`` (``output="probs"``) or ``predict_mask`` (``output="mask"``)."""
+    if output == "mask":
+        return seg.finish_mask(seg.input_logits(x, outputs), x, tuple(size), label)
+    return seg.finish(seg.dense_logits(x, size, outputs=outputs), x, label)
 
 
 class MultiSegmenter:
@@ -167,12 +175,18 @@ class MultiSegmenter:
         return prepared
 
     @torch.inference_mode()
-    def predict(self, image, name: str | None = None, prepared: dict | None = None) -> dict[str, SegmentationResult]:
+    def predict(self, image, name: str | None = None, prepared: dict | None = None, output: str = "probs"
+                ) -> dict[str, SegmentationResult] | dict[str, MaskResult]:
         """Every method on one image: ``{label: SegmentationResult}`` (in the order given).
 
         ``prepared``: the output of :meth:`prepare_all` for this image (the streaming path
-        decodes images ahead in worker threads).
+        decodes images ahead in worker threads). ``output="mask"``: ``{label: MaskResult}``, each
+        method's pre-label path (:meth:`Segmenter.predict_mask`) on the same shared trunk, so each
+        mask is identical to that method's ``predict_mask`` alone.
         """
+        if output not in ("probs", "mask"):
+            raise ConfigError(f"output={output!r}: expected 'probs' (probability maps and mask) or 'mask' "
+                              "(mask and confidence only)")
         label = image_label(image, name)
         results: dict[str, SegmentationResult] = {}
         if prepared is None:
@@ -187,7 +201,7 @@ class MultiSegmenter:
             size = rgb.shape[:2]
             segs = [self.segmenters[g] for g in group]
             if len(segs) == 1:
-                results[group[0]] = segs[0].finish(segs[0].dense_logits(x, size), x, label)
+                results[group[0]] = _finish(segs[0], x, size, label, output)
                 n = len(sliding_windows(*x.shape[-2:], segs[0].settings.crop, segs[0].settings.stride))
                 self.trunk_runs += -(-n // segs[0].window_batch_size(x, n))
                 continue
@@ -201,7 +215,7 @@ class MultiSegmenter:
             shared.clear()
             self.trunk_runs += shared.runs
             for g, seg, outs in zip(group, segs, outputs):
-                results[g] = seg.finish(seg.dense_logits(x, size, outputs=outs), x, label)
+                results[g] = _finish(seg, x, size, label, output, outs)
         return {g: results[g] for g in self.segmenters}
 
     def predict_batch(self, images: Sequence) -> list[dict[str, SegmentationResult]]:

@@ -121,9 +121,16 @@ class ModelSpec:
 
 class ModelPass:
     """The model side of a job in one process: the predictors, and a MultiSegmenter per set of
-    labels an item needs (cached; a fresh run needs one, a resumed run a few)."""
+    labels an item needs (cached; a fresh run needs one, a resumed run a few).
 
-    def __init__(self, spec: ModelSpec | Mapping[str, Any], item_errors=ITEM_ERRORS):
+    ``output``: ``"probs"`` (results are ``SegmentationResult`` s, the protocol path with every
+    class's probability map) or ``"mask"`` (``MaskResult`` s: the same mask and confidence in
+    bounded memory, for sinks that store only those)."""
+
+    def __init__(self, spec: ModelSpec | Mapping[str, Any], item_errors=ITEM_ERRORS, output: str = "probs"):
+        if output not in ("probs", "mask"):
+            raise ConfigError(f"output={output!r}: expected 'probs' or 'mask'")
+        self.output = output
         self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec(predictors=dict(spec))
         self.predictors = dict(self.spec.materialise())
         if not self.predictors:
@@ -184,7 +191,7 @@ def process(model: ModelPass, work: Work, prepared=None) -> Outcome:
             out.seconds = time.time() - t
             return out
         try:
-            results = multi.predict(work.item.source, prepared=ready)
+            results = multi.predict(work.item.source, prepared=ready, output=model.output)
         except model.item_errors as exc:
             if len(labels) == 1:
                 out.errors = {labels[0]: exc}
@@ -199,7 +206,8 @@ def process(model: ModelPass, work: Work, prepared=None) -> Outcome:
             return out
     for lb in labels:
         try:
-            out.results[lb] = model.predictors[lb].predict(work.item.source)
+            out.results[lb] = (model.predictors[lb].predict(work.item.source) if model.output == "probs"
+                               else model.predictors[lb].predict(work.item.source, output=model.output))
         except model.item_errors as exc:
             out.errors[lb] = exc
     out.seconds = time.time() - t
@@ -251,11 +259,14 @@ class JobRunner:
 
     ``progress(done, todo)`` after every item sent through the pass (``todo``: the items that
     need any run). The sink's ``close`` runs at the end, also when the job aborts.
+    ``background_writes``: when > 0, the sink's writes run on a background thread with at most
+    that many waiting (:class:`~tfovss_core.engine.pipeline.BackgroundSink`), so encoding and
+    storing results overlaps the model's work on the next items.
     """
 
     def __init__(self, model: ModelPass | ModelSpec | Mapping[str, Any], runs: Sequence[RunRef],
                  sink: Sink, *, executor=None, item_errors=ITEM_ERRORS,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, background_writes: int = 0):
         self.model = model if isinstance(model, ModelPass) else ModelPass(model, item_errors)
         self.runs = list(runs)
         labels = [r.label for r in self.runs]
@@ -264,6 +275,10 @@ class JobRunner:
         missing = sorted(set(labels) - set(self.model.labels))
         if missing:
             raise ConfigError(f"runs {missing} have no predictor in the model pass")
+        if background_writes > 0:
+            from tfovss_core.engine.pipeline import BackgroundSink
+
+            sink = BackgroundSink(sink, max_pending=background_writes)
         self.sink = sink
         self.executor = executor or SerialExecutor()
         self.progress = progress

@@ -229,6 +229,10 @@ class Segmenter:
     output_memory_limit: int | None = None
     #: classes per chunk on the pre-label path (its memory is ~ this x queries per class x H x W x 4 x 4)
     classes_per_chunk: int = 16
+    #: bytes of one ``(Q, H, W)`` float32 map under which the pre-label path upsamples every query
+    #: at once and keeps the maps for its second pass (one upsampling instead of one per chunk and
+    #: pass); larger vocabularies or images go chunk by chunk in bounded memory
+    whole_vocabulary_bytes: int = 256 * 2**20
 
     @torch.inference_mode()
     def predict(self, image, name: str | None = None, output: str = "probs") -> SegmentationResult | MaskResult:
@@ -279,17 +283,19 @@ class Segmenter:
             # rows of the protocol's maps; a 3-channel input takes another CPU kernel, so 3 -> 2 + 1
             sub = logits[queries]
             parts = [sub[:2], sub[2:]] if len(queries) == 3 and queries_total != 3 else [sub]
-            up = torch.cat([F.interpolate(p[None], size=size, mode="bilinear", align_corners=False)[0]
-                            for p in parts])
+            ups = [F.interpolate(p[None], size=size, mode="bilinear", align_corners=False)[0] for p in parts]
+            up = ups[0] if len(ups) == 1 else torch.cat(ups)
             if guide is not None:
                 up = pamr(guide, up[None], s.pamr_steps, s.pamr_dilations)[0]
             return up
 
+        whole = queries_total * size[0] * size[1] * 4 <= self.whole_vocabulary_bytes
         mask, conf, stats = mask_and_confidence(
             full_res_logits, self._query_class.to(logits.device), self.num_classes, size,
             logit_scale=s.logit_scale, prob_thd=s.prob_thd, area_thd=s.area_thd,
-            renormalize=self.method.renormalize_probs, classes_per_chunk=self.classes_per_chunk,
-            with_confidence=confidence is not None)
+            renormalize=self.method.renormalize_probs,
+            classes_per_chunk=self.num_classes if whole else self.classes_per_chunk,
+            with_confidence=confidence is not None, reuse_chunks=whole)
         mask_dtype = np.uint8 if self.num_classes <= 256 else np.uint16
         if conf is not None:
             conf = conf.to(getattr(torch, confidence)).cpu().numpy()

@@ -126,7 +126,8 @@ def _merge_chunk(scaled: torch.Tensor, chunk_query_class: torch.Tensor, first_cl
 def mask_and_confidence(full_res_logits, query_class: torch.Tensor, num_classes: int, size: tuple[int, int], *,
                         logit_scale: float, prob_thd: float = 0.0, area_thd: float | None = None,
                         renormalize: bool = False, classes_per_chunk: int = 16,
-                        with_confidence: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+                        with_confidence: bool = True, reuse_chunks: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """The protocol's mask (and top probability) without its ``(C, H, W)`` probability maps.
 
     ``full_res_logits(query_indices) -> (q, H, W)`` gives the raw cosine logits of those queries at
@@ -134,17 +135,28 @@ def mask_and_confidence(full_res_logits, query_class: torch.Tensor, num_classes:
     Returns ``(mask, confidence or None, stats)``: the mask (long), the top class probability
     (float32, after the area threshold and ``renormalize``, as ``SegmentationResult.confidence``)
     and ``stats`` (passes over the chunks, pixels decided by the protocol's own softmax).
+    ``reuse_chunks``: keep every chunk's scaled and merged logits after the first pass, so a second
+    pass (area threshold, fallback pixels) reads them instead of asking ``full_res_logits`` again;
+    for vocabularies whose ``(Q, H, W)`` maps fit in memory (the same values either way).
     """
     device = query_class.device
     chunks = class_chunks(query_class, num_classes, classes_per_chunk)
     bounds = [(start, min(start + classes_per_chunk, num_classes)) for start in range(0, num_classes, classes_per_chunk)]
     stats = {"passes": 0, "fallback_pixels": 0}
 
+    kept_chunks: list = []
+
     def chunk_logits():
         stats["passes"] += 1
+        if kept_chunks:
+            yield from kept_chunks
+            return
         for queries, (start, stop) in zip(chunks, bounds):
             scaled = full_res_logits(queries).float() * logit_scale
-            yield queries, start, stop, scaled, _merge_chunk(scaled, query_class[queries], start, stop - start)
+            chunk = queries, start, stop, scaled, _merge_chunk(scaled, query_class[queries], start, stop - start)
+            if reuse_chunks:
+                kept_chunks.append(chunk)
+            yield chunk
 
     # pass 1: running max (= the softmax's max), the float64 softmax denominators over queries and
     # over merged classes (rescaled when the max grows), and the first-index argmax over classes

@@ -337,20 +337,48 @@ def _evaluation_form(inputs, ctx) -> None:
     inputs.bool("compute_sample_miou", default=True, label="Write per-sample mIoU "
                 "(<key>_miou) to sort the worst samples", view=types.CheckboxView())
     if ds is not None and gt in fields:
-        _classes_note(inputs, ds, gt, pred)
+        _classes_note(inputs, ds, gt, pred, params)
 
 
-def _classes_note(inputs, ds, gt, pred) -> None:
-    from tfovss_fiftyone.evaluation import EvaluationInputError, resolve_classes
+def _classes_note(inputs, ds, gt, pred, params) -> None:
+    from tfovss_fiftyone.evaluation import (EvaluationInputError, resolve_classes,
+                                            suggest_class_map, unmatched_prediction_classes)
 
     try:
         table = resolve_classes(ds, gt, pred, None)
+        unmatched = unmatched_prediction_classes(ds, gt, pred) if pred in \
+            forms.segmentation_fields(ds) else []
     except EvaluationInputError as e:
         forms.warning(inputs, "classes_warn", str(e))
         return
     names = list(table.values())
     forms.notice(inputs, "classes_note", f"{len(table)} classes from mask_targets: " +
                  ", ".join(names[:12]) + (" ..." if len(table) > 12 else ""))
+    if unmatched:
+        # names differ (a vocabulary of one's own): offer the mapping instead of failing
+        guess = suggest_class_map(unmatched, names)
+        default = "\n".join(f"{u} = {guess.get(u, '')}" for u in unmatched)
+        forms.warning(inputs, "class_map_note", f"The predictions name {len(unmatched)} "
+                      f"classes the ground truth does not have: {', '.join(unmatched)}. Map "
+                      "each to a ground-truth class below (empty: counted as wrong).")
+        inputs.str("class_map", default=default, required=False,
+                   label="Class-name mapping (predicted = ground truth, one per line)",
+                   view=types.CodeView(language="text"))
+
+
+def parse_class_map(text) -> dict[str, str | None]:
+    """The form's mapping lines ``predicted = ground truth`` (or ``;``-separated) as a dict;
+    an empty right side maps to None (counted as wrong)."""
+    out: dict[str, str | None] = {}
+    for line in str(text or "").replace(";", "\n").splitlines():
+        if not line.strip():
+            continue
+        if "=" not in line:
+            _fail(f"class-name mapping line {line.strip()!r} has no '=' (write 'predicted = "
+                  "ground truth')")
+        pred_name, target = (part.strip() for part in line.split("=", 1))
+        out[pred_name] = target or None
+    return out
 
 
 def _evaluation_args(p) -> dict:
@@ -361,6 +389,7 @@ def _evaluation_args(p) -> dict:
                 ignore_index=int(p.get("ignore_index", 255)),
                 background=p.get("background") or "class",
                 compute_sample_miou=p.get("compute_sample_miou", True) is not False,
+                class_map=parse_class_map(p.get("class_map")) or None,
                 overwrite=bool(p.get("overwrite")))
 
 

@@ -1,0 +1,135 @@
+"""Journeys a new user takes, headless: pre-label a benchmark-like dataset with its preset and
+evaluate it against the dataset's own ground truth (class names match by name), and evaluate
+predictions whose class names differ through a class-name mapping (library and form)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from support.fo import URI_EVALUATE, URI_PRELABEL, VOC_CLASSES, needs_core
+
+FAST = {"short_side": 64, "crop": 64, "stride": 64, "templates": "a photo of a {}."}
+VOC_QUERY_WORDS = {4: "ship", 11: "table", 20: "television monitor"}
+
+
+def numpy_miou(pairs, num_classes=21, ignore_index=255):
+    """mIoU over the collection (intersections and unions summed over images, classes never
+    seen left out), computed independently of the plugin."""
+    inter = np.zeros(num_classes)
+    union = np.zeros(num_classes)
+    for pred, gt in pairs:
+        keep = gt != ignore_index
+        p, g = pred[keep].astype(np.int64), gt[keep].astype(np.int64)
+        for c in range(num_classes):
+            i = np.sum((p == c) & (g == c))
+            inter[c] += i
+            union[c] += np.sum(p == c) + np.sum(g == c) - i
+    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    return float(np.nanmean(iou)), iou
+
+
+@needs_core
+def test_voc21_preset_prelabel_then_evaluate_against_voc_ground_truth(fo, foo, voc_ds, tmp_path):
+    r = foo.execute_operator(URI_PRELABEL, ctx={"dataset": voc_ds, "params": {
+        "method": "sclip", "arch": "ViT-B-16", "pretrained": "tiny:seed0",
+        "vocab_source": "preset", "preset": "voc21", "label_field": "pred",
+        "output_dir": str(tmp_path), "batch_size": 2, "device": "cpu", **FAST}})
+    assert r.error is None, r.error
+    voc_ds.reload()
+    # the preset writes the dataset's own class names, exactly what the ground truth uses
+    assert voc_ds.mask_targets["pred"] == dict(enumerate(VOC_CLASSES))
+
+    r = foo.execute_operator(URI_EVALUATE, ctx={"dataset": voc_ds, "params": {
+        "pred_field": "pred", "gt_field": "ground_truth", "eval_key": "eval_pred"}})
+    assert r.error is None, r.error
+    res = voc_ds.load_evaluation_results("eval_pred")
+    pairs = [(s.pred.get_mask(), s.ground_truth.get_mask()) for s in voc_ds]
+    miou, iou = numpy_miou(pairs)
+    assert res.mIoU == pytest.approx(miou, abs=1e-12)
+    assert r.result["mIoU"] == pytest.approx(100 * miou, abs=0.01)
+    assert res.class_names == VOC_CLASSES
+    for c, ref in zip(res.per_class(), iou):
+        assert (np.isnan(c["iou"]) and np.isnan(ref)) or c["iou"] == pytest.approx(ref)
+
+
+def _query_word_predictions(fo, ds):
+    """Predictions = GT with the background/void turned to class 0, labelled with the query
+    words (``ship``, ``table``, ``television monitor``) instead of VOC's names."""
+    preds = {}
+    for s in ds:
+        m = s.ground_truth.get_mask().copy()
+        m[m == 255] = 0
+        m[::7, ::5] = 4  # a grid of "ship" pixels: wrong wherever the GT is not a boat
+        preds[s.id] = fo.Segmentation(mask=m.astype(np.uint8))
+    ds.set_values("pred_words", preds, key_field="id")
+    names = dict(enumerate(VOC_CLASSES))
+    names.update(VOC_QUERY_WORDS)
+    ds.mask_targets = {**ds.mask_targets, "pred_words": names}
+    ds.save()
+
+
+def test_differing_names_need_a_mapping_then_score_like_the_same_names(fo, voc_ds):
+    from tfovss_fiftyone.evaluation import (EvaluationInputError, run_evaluation,
+                                            suggest_class_map, unmatched_prediction_classes)
+
+    _query_word_predictions(fo, voc_ds)
+    unmatched = unmatched_prediction_classes(voc_ds, "ground_truth", "pred_words")
+    assert unmatched == ["ship", "table", "television monitor"]
+    assert suggest_class_map(["dining table", "ship"], VOC_CLASSES) == {"dining table": "diningtable"}
+    with pytest.raises(EvaluationInputError, match=r"\['ship', 'table', 'television monitor'\].*class_map"):
+        run_evaluation(voc_ds, "pred_words", "ground_truth", "e_fail")
+    with pytest.raises(EvaluationInputError, match=r"'ship' -> 'yacht'"):
+        run_evaluation(voc_ds, "pred_words", "ground_truth", "e_fail",
+                       class_map={"ship": "yacht", "table": "diningtable",
+                                  "television monitor": "tvmonitor"})
+    assert "e_fail" not in voc_ds.list_evaluations()
+
+    mapping = {"ship": "boat", "table": "diningtable", "television monitor": "tvmonitor"}
+    res = run_evaluation(voc_ds, "pred_words", "ground_truth", "e_map", class_map=mapping)
+    pairs = [(s.pred_words.get_mask(), s.ground_truth.get_mask()) for s in voc_ds]
+    miou, _ = numpy_miou(pairs)
+    assert res.mIoU == pytest.approx(miou, abs=1e-12) and 0 < miou < 1
+    stored = voc_ds.get_evaluation_info("e_map").config
+    assert stored.class_map == mapping
+
+    # unmapped ("" / None): those pixels count as wrong, as a value without a name does
+    res_wrong = run_evaluation(voc_ds, "pred_words", "ground_truth", "e_wrong",
+                               class_map={"ship": None, "table": "diningtable",
+                                          "television monitor": "tvmonitor"})
+    pairs_wrong = [(np.where(p == 4, 250, p), g) for p, g in pairs]
+    assert res_wrong.mIoU == pytest.approx(numpy_miou(pairs_wrong)[0], abs=1e-12)
+
+
+def test_evaluate_form_offers_the_mapping_instead_of_failing(fo, foo, voc_ds):
+    from tfovss_fiftyone.operators import EvaluateSegmentations
+
+    _query_word_predictions(fo, voc_ds)
+    params = {"pred_field": "pred_words", "gt_field": "ground_truth", "eval_key": "e_form"}
+    ctx = SimpleNamespace(dataset=voc_ds, params=params, target_view=lambda: voc_ds,
+                          view=voc_ds, selected=[])
+    form = EvaluateSegmentations().resolve_input(ctx)
+    props = form.type.properties
+    assert "class_map" in props
+    default = props["class_map"].default
+    assert default.splitlines() == ["ship = ", "table = ", "television monitor = "]
+    note = props["class_map_note"].view.label
+    assert "ship, table, television monitor" in note
+
+    r = foo.execute_operator(URI_EVALUATE, ctx={"dataset": voc_ds, "params": {
+        **params, "class_map": "ship = boat\ntable = diningtable\ntelevision monitor = tvmonitor"}})
+    assert r.error is None, r.error
+    ref = voc_ds.load_evaluation_results("e_form")
+    from tfovss_fiftyone.evaluation import run_evaluation
+
+    direct = run_evaluation(
+        voc_ds, "pred_words", "ground_truth", None,
+        class_map={"ship": "boat", "table": "diningtable", "television monitor": "tvmonitor"})
+    assert ref.mIoU == direct.mIoU and r.result["mIoU"] == pytest.approx(100 * direct.mIoU, abs=0.01)
+
+    from fiftyone.operators.executor import ExecutionError
+
+    with pytest.raises(ExecutionError, match="mapping line 'ship boat' has no '='"):
+        foo.execute_operator(URI_EVALUATE, ctx={"dataset": voc_ds, "params": {
+            **params, "eval_key": "e_form2", "class_map": "ship boat"}})

@@ -133,3 +133,79 @@ def test_evaluate_form_offers_the_mapping_instead_of_failing(fo, foo, voc_ds):
     with pytest.raises(ExecutionError, match="mapping line 'ship boat' has no '='"):
         foo.execute_operator(URI_EVALUATE, ctx={"dataset": voc_ds, "params": {
             **params, "eval_key": "e_form2", "class_map": "ship boat"}})
+
+
+class _PanelState:
+    """What the panel's handlers touch of ``ctx.panel``: state and data dicts."""
+
+    def __init__(self, **state):
+        self.state, self.data = dict(state), {}
+
+    def get_state(self, k, default=None):
+        return self.state.get(k, default)
+
+    def set_state(self, k, v):
+        self.state[k] = v
+
+    def set_data(self, k, v):
+        self.data[k] = v
+
+
+def test_panel_shows_confusion_sortable_iou_and_full_settings(fo, voc_ds):
+    from tfovss_fiftyone.evaluation import run_evaluation
+    from tfovss_fiftyone.panels import (OVSSEvaluationsPanel, confusion_rows, run_settings_markdown,
+                                        sort_classes, top_confused_pairs)
+
+    _query_word_predictions(fo, voc_ds)
+    mapping = {"ship": "boat", "table": "diningtable", "television monitor": "tvmonitor"}
+    res = run_evaluation(voc_ds, "pred_words", "ground_truth", "e_panel", class_map=mapping)
+
+    # independent confusion: rows GT, columns prediction, over the 21 VOC values
+    cm = np.zeros((21, 21))
+    for s in voc_ds:
+        g, p = s.ground_truth.get_mask().astype(int), s.pred_words.get_mask().astype(int)
+        keep = g != 255
+        np.add.at(cm, (g[keep], p[keep]), 1)
+    names, norm = confusion_rows(voc_ds, "e_panel")
+    assert names == VOC_CLASSES
+    for i in range(21):
+        if cm[i].sum() == 0:
+            assert norm[i] == [None] * 21
+        else:
+            assert norm[i] == pytest.approx(list(np.round(100 * cm[i] / cm[i].sum(), 2)))
+    pairs = top_confused_pairs(voc_ds, "e_panel", k=3)
+    off = [(100 * cm[i, j] / cm[i].sum(), i, j) for i in range(21) for j in range(21)
+           if i != j and cm[i, j] > 0]
+    off.sort(key=lambda c: (-c[0], c[1], c[2]))
+    assert [(p["gt"], p["pred"], p["pixels"]) for p in pairs] == \
+        [(VOC_CLASSES[i], VOC_CLASSES[j], int(cm[i, j])) for _, i, j in off[:3]]
+    assert all(p["pred"] == "boat" for p in pairs)  # the grid of "ship" pixels
+
+    rows = [{"name": c["name"], "iou": c["iou"]} for c in res.per_class()]
+    asc = sort_classes(rows, "IoU ascending")
+    defined = [r["iou"] for r in asc if not np.isnan(r["iou"])]
+    assert defined == sorted(defined) and len(asc) == len(rows)
+    assert all(np.isnan(r["iou"]) for r in asc[len(defined):])  # undefined IoU last
+    desc = sort_classes(rows, "IoU descending")
+    assert [r["iou"] for r in desc[:len(defined)]] == sorted(defined, reverse=True)
+    with pytest.raises(ValueError, match="sort order"):
+        sort_classes(rows, "by colour")
+
+    md = run_settings_markdown(voc_ds, "e_panel")
+    assert '"class_map"' in md and '"ship": "boat"' in md and '"gt_field": "ground_truth"' in md
+
+    # the panel's own handler fills the plots and the table from the same numbers
+    panel = OVSSEvaluationsPanel()
+    ctx = SimpleNamespace(dataset=voc_ds, panel=_PanelState(run_a="e_panel",
+                                                            sort_by="IoU descending"))
+    panel._refresh(ctx)
+    data = ctx.panel.data
+    table = [r["iou_a"] for r in data["classes"]]
+    assert table == sorted(table, reverse=True)
+    assert data["iou_plot"][0]["y"] == table
+    bars = data["confused_plot"][0]
+    assert bars["x"][::-1][:3] == [p["percent"] for p in pairs]
+    heat = data["confusion_plot"][0]
+    i, j = heat["y"].index(pairs[0]["gt"]), heat["x"].index(pairs[0]["pred"])
+    assert heat["z"][i][j] == pairs[0]["percent"]
+    assert ctx.panel.state["settings_md"] == md

@@ -3,6 +3,8 @@
 inside the methods."""
 from __future__ import annotations
 
+import os
+
 import fiftyone.operators as foo
 from fiftyone.operators import types
 
@@ -257,7 +259,16 @@ class PrelabelSegmentation(foo.Operator):
         inputs.str("label_field", default=default_field, required=True, label="Output field")
         field = params.get("label_field") or default_field
         _check_output_fields(inputs, ds, [field], "label_field")
-        _add_resume_and_mask_folder(inputs, ds)
+        # the same choice as apply_model: PNG files (mask_path) or the database (mask)
+        forms.add_choice(inputs, "mask_storage", ["files", "database"], default="files",
+                         label="Store masks", radio=True,
+                         labels={"files": "As PNG files in a mask folder (mask_path)",
+                                 "database": "In the database (mask): no files, larger DB"})
+        if params.get("mask_storage") == "database":
+            inputs.bool("skip_labelled", default=True, label="Skip samples already labelled "
+                        "with the same settings (resume)", view=types.CheckboxView())
+        else:
+            _add_resume_and_mask_folder(inputs, ds)
         inputs.bool("confidence", default=False, label="Also store the per-pixel confidence "
                     "as a heatmap field", view=types.CheckboxView())
         if params.get("confidence"):
@@ -285,13 +296,15 @@ class PrelabelSegmentation(foo.Operator):
                 view, field, classes=classes, method=full,
                 method_options=forms.read_method_options(p, info.get("options", [])),
                 confidence_field=conf_field, progress=forms.Progress(ctx),
-                vocabulary_source=vocab_src, **_run_params(p))
+                vocabulary_source=vocab_src,
+                masks_in_db=p.get("mask_storage") == "database", **_run_params(p))
         except (PrelabelInputError, tc.TfovssError) as e:
             _fail(f"Pre-label not started: {e}")
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
         out = report.to_dict()
         out["failures"] = [f"{f['filepath']}: {f['error']}" for f in report.failures]
+        out["failures_text"] = failures_markdown(report.failures)
         return out
 
     def resolve_output(self, ctx):
@@ -300,10 +313,23 @@ class PrelabelSegmentation(foo.Operator):
         outputs.int("num_labelled", label="Samples labelled")
         outputs.int("num_skipped", label="Skipped (already labelled, same settings)")
         outputs.int("num_failed", label="Failed")
-        outputs.list("failures", types.String(), label="Failures")
+        # a list of strings renders as one-line chips that cut long messages: Markdown instead
+        outputs.str("failures_text", label="Failures", view=types.MarkdownView())
         outputs.str("mask_dir", label="Mask folder")
         outputs.str("settings_hash", label="Settings hash")
         return types.Property(outputs, view=types.View(label="Pre-label finished"))
+
+
+def failures_markdown(failures) -> str:
+    """A run's failures in full, one Markdown list item per sample (file, then the whole
+    error message); "none" when there are none."""
+    if not failures:
+        return "none"
+
+    def esc(text):  # Markdown must not eat the paths' underscores or the messages' stars
+        return "".join("\\" + ch if ch in "\\`*_[]<>#|" else ch for ch in str(text))
+    return "\n".join(f"- **{esc(os.path.basename(str(f['filepath'])))}** "
+                     f"({esc(f['filepath'])}): {esc(f['error'])}" for f in failures)
 
 
 def _evaluation_form(inputs, ctx) -> None:

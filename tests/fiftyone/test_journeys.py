@@ -209,3 +209,63 @@ def test_panel_shows_confusion_sortable_iou_and_full_settings(fo, voc_ds):
     i, j = heat["y"].index(pairs[0]["gt"]), heat["x"].index(pairs[0]["pred"])
     assert heat["z"][i][j] == pairs[0]["percent"]
     assert ctx.panel.state["settings_md"] == md
+
+
+@needs_core
+def test_prelabel_form_keeps_masks_in_the_database(fo, foo, voc_ds, tmp_path):
+    common = {"method": "sclip", "arch": "ViT-B-16", "pretrained": "tiny:seed0",
+              "vocab_source": "preset", "preset": "voc21", "batch_size": 2, "device": "cpu",
+              "confidence": True, **FAST}
+    foo.execute_operator(URI_PRELABEL, ctx={"dataset": voc_ds, "params": {
+        **common, "label_field": "as_files", "confidence_field": "as_files_confidence",
+        "output_dir": str(tmp_path / "files")}})
+    r = foo.execute_operator(URI_PRELABEL, ctx={"dataset": voc_ds, "params": {
+        **common, "label_field": "in_db", "confidence_field": "in_db_confidence",
+        "mask_storage": "database",
+        "output_dir": str(tmp_path / "unused")}})
+    assert r.result["num_labelled"] == len(voc_ds) and r.result["mask_dir"] == ""
+    assert not (tmp_path / "unused").exists()
+    voc_ds.reload()
+    for s in voc_ds:
+        assert s.in_db.mask_path is None and s.in_db.mask is not None
+        assert np.array_equal(s.in_db.mask, s.as_files.get_mask())  # same masks, other storage
+        assert s.in_db_confidence.map_path is None
+        assert np.array_equal(s.in_db_confidence.map, s.as_files_confidence.get_map())
+    assert voc_ds.mask_targets["in_db"] == dict(enumerate(VOC_CLASSES))
+
+
+@needs_core
+def test_failures_are_listed_in_full(fo, foo, tmp_path):
+    from PIL import Image
+
+    from tfovss_fiftyone.operators import failures_markdown
+
+    good = tmp_path / "good_photo.jpg"
+    Image.fromarray(np.full((40, 60, 3), 120, np.uint8)).save(good)
+    corrupt = tmp_path / "corrupt_file.jpg"
+    corrupt.write_bytes(b"this is not an image at all " * 40)
+    truncated = tmp_path / "truncated_photo.jpg"
+    truncated.write_bytes(good.read_bytes()[:200])
+    deep = tmp_path / "sixteen_bit.png"
+    Image.fromarray(np.arange(40 * 60, dtype=np.uint16).reshape(40, 60) * 20).save(deep)
+    ds = fo.Dataset(f"bad-{tmp_path.name}")
+    ds.add_samples([fo.Sample(filepath=str(p)) for p in (good, corrupt, truncated, deep)])
+    r = foo.execute_operator(URI_PRELABEL, ctx={"dataset": ds, "params": {
+        "method": "sclip", "arch": "ViT-B-16", "pretrained": "tiny:seed0",
+        "vocab_source": "text", "vocabulary": "background\ncat", "label_field": "ovss",
+        "output_dir": str(tmp_path / "masks"), "batch_size": 2, "device": "cpu", **FAST}})
+    out = r.result
+    failed = {f.split(": ", 1)[0] for f in out["failures"]}
+    # 16-bit images are refused by the core with a message saying so (not silently rescaled)
+    assert failed == {str(corrupt), str(truncated), str(deep)}
+    assert out["num_failed"] == 3 and out["num_labelled"] == 1
+    assert any("16-bit" in f and "convert to 8-bit RGB" in f for f in out["failures"])
+    text = out["failures_text"]
+    assert text == failures_markdown([{"filepath": f.split(": ", 1)[0], "error": f.split(": ", 1)[1]}
+                                      for f in out["failures"]])
+    unescaped = text.replace("\\", "")
+    for f in out["failures"]:
+        path, error = f.split(": ", 1)
+        assert path in unescaped and error in unescaped and len(error) > 20  # nothing cut
+    assert len(text.splitlines()) == 3
+    ds.delete()

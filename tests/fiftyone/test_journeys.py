@@ -269,3 +269,18 @@ def test_failures_are_listed_in_full(fo, foo, tmp_path):
         assert path in unescaped and error in unescaped and len(error) > 20  # nothing cut
     assert len(text.splitlines()) == 3
     ds.delete()
+
+
+def test_rgb_mask_targets_are_refused_naming_the_field(fo, voc_ds, tmp_path):
+    from tfovss_fiftyone.evaluation import EvaluationInputError, run_evaluation
+    from tfovss_fiftyone.export import ExportInputError, export_coco_masks
+
+    _query_word_predictions(fo, voc_ds)
+    voc_ds.mask_targets = {**voc_ds.mask_targets, "pred_words": {"#ff0000": "boat", "#000000": "background"}}
+    voc_ds.save()
+    with pytest.raises(EvaluationInputError,
+                       match=r"mask_targets of 'pred_words': mask target '#ff0000' .*RGB mask targets are not supported"):
+        run_evaluation(voc_ds, "pred_words", "ground_truth", "e_rgb")
+    with pytest.raises(ExportInputError, match=r"mask_targets of 'pred_words'.*COCO export needs integer"):
+        export_coco_masks(voc_ds, "pred_words", str(tmp_path / "out.json"))
+    assert not (tmp_path / "out.json").exists() and "e_rgb" not in voc_ds.list_evaluations()

@@ -14,8 +14,12 @@ Class mapping. The evaluated classes are the ground truth's: ``classes`` if give
 field's ``mask_targets``, else the dataset's ``default_mask_targets``, else the prediction field's.
 Prediction values are mapped to those classes *by name* through the prediction field's own
 ``mask_targets`` (so a pre-label with its own vocabulary order is scored correctly); a predicted
-class name that the ground truth does not know is an error, a predicted value without any name
-counts as a wrong prediction (it still costs the ground-truth class its pixel, as in MMSeg).
+class name that the ground truth does not know is an error unless ``class_map`` says which
+evaluated class it is (``{"ship": "boat"}``; ``None`` or ``""``: no class, every such pixel
+counts as wrong), and a predicted value without any name counts as a wrong prediction (it still
+costs the ground-truth class its pixel, as in MMSeg). :func:`unmatched_prediction_classes`
+lists the names that need a mapping and :func:`suggest_class_map` guesses it (same words
+without spaces, ``_`` or ``-``), which the App's evaluate form offers instead of failing.
 
 Background (value 0): ``background="class"`` scores it like any class (Pascal VOC's 21-class
 protocol); ``background="ignore"`` drops ground-truth background pixels and leaves class 0 out of
@@ -26,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -48,6 +52,8 @@ __all__ = [
     "run_evaluation",
     "complete_config",
     "resolve_classes",
+    "unmatched_prediction_classes",
+    "suggest_class_map",
     "list_ovss_evaluations",
     "BACKGROUND_MODES",
 ]
@@ -138,14 +144,60 @@ def _norm(name) -> str:
     return " ".join(str(name).strip().lower().split())
 
 
+def _check_class_map(class_map: Mapping | None, names: Sequence[str]) -> dict[str, str | None]:
+    """``class_map`` as ``{normalised predicted name: evaluated name or None}``; a target that
+    is not an evaluated class is an error naming it."""
+    if not class_map:
+        return {}
+    known = {_norm(n): n for n in names}
+    out: dict[str, str | None] = {}
+    bad = []
+    for pred_name, target in class_map.items():
+        if target is None or not str(target).strip():
+            out[_norm(pred_name)] = None
+        elif _norm(target) in known:
+            out[_norm(pred_name)] = known[_norm(target)]
+        else:
+            bad.append(f"{pred_name!r} -> {target!r}")
+    if bad:
+        raise EvaluationInputError(
+            f"class_map maps to classes the evaluation does not have: {', '.join(bad)} "
+            f"(evaluated classes: {list(names)})")
+    return out
+
+
+def unmatched_prediction_classes(samples, gt_field: str, pred_field: str, classes=None,
+                                 class_map: Mapping | None = None) -> list[str]:
+    """Class names in the ``mask_targets`` of ``pred_field`` that neither the evaluated classes
+    nor ``class_map`` account for (what :func:`run_evaluation` would refuse)."""
+    table = resolve_classes(samples, gt_field, pred_field, classes)
+    known = {_norm(n) for n in table.values()}
+    mapped = {_norm(k) for k in (class_map or {})}
+    pred_targets = field_mask_targets(samples, pred_field) or {}
+    return sorted({n for n in pred_targets.values()
+                   if _norm(n) not in known and _norm(n) not in mapped})
+
+
+def _squash(name) -> str:
+    return re.sub(r"[\s_\-]+", "", str(name).lower())
+
+
+def suggest_class_map(unmatched: Sequence[str], names: Sequence[str]) -> dict[str, str]:
+    """A guess for ``class_map``: a predicted name that equals an evaluated one once spaces,
+    ``_`` and ``-`` are dropped ("dining table" -> "diningtable"); names without a match are
+    left out (the user fills them in)."""
+    by_squashed = {_squash(n): n for n in names}
+    return {u: by_squashed[_squash(u)] for u in unmatched if _squash(u) in by_squashed}
+
+
 def _build_luts(table: dict[int, str], pred_targets: dict[int, str] | None, background: str,
-                ignore_index: int | None):
+                ignore_index: int | None, class_map: Mapping | None = None):
     """Lookup tables value -> evaluation index for GT and prediction masks.
 
     GT: known values -> 0..C-1; ignore_index, unknown values (and background in "ignore" mode)
     -> -1 (dropped). Prediction: mapped by name through ``pred_targets`` when given, else by
     value; anything else -> C (the "unmapped" column: costs the GT class its pixel, as MMSeg's
-    out-of-range predictions do).
+    out-of-range predictions do). ``class_map`` renames predicted classes first.
     """
     values = list(table)
     names = [table[v] for v in values]
@@ -163,13 +215,22 @@ def _build_luts(table: dict[int, str], pred_targets: dict[int, str] | None, back
     pred_lut = np.full(size, C, dtype=np.int64)
     if pred_targets:
         by_name = {_norm(n): i for i, n in enumerate(names)}
-        unknown = sorted({n for n in pred_targets.values() if _norm(n) not in by_name})
+        renamed = _check_class_map(class_map, names)
+        unknown = sorted({n for n in pred_targets.values()
+                          if _norm(n) not in by_name and _norm(n) not in renamed})
         if unknown:
+            guess = suggest_class_map(unknown, names)
+            hint = f" (e.g. class_map={guess})" if guess else ""
             raise EvaluationInputError(
                 f"predicted classes {unknown} are absent from the evaluated classes "
-                f"{names}; rename them in mask_targets or pass classes=...")
+                f"{names}; map them with class_map={{predicted: evaluated}}{hint}, rename "
+                "them in mask_targets or pass classes=...")
         for v, n in pred_targets.items():
-            pred_lut[v] = by_name[_norm(n)]
+            if _norm(n) in renamed:
+                target = renamed[_norm(n)]
+                pred_lut[v] = C if target is None else by_name[_norm(target)]
+            else:
+                pred_lut[v] = by_name[_norm(n)]
     else:
         for i, v in enumerate(values):
             pred_lut[v] = i
@@ -211,10 +272,12 @@ class OVSSEvaluationConfig(SegmentationEvaluationConfig):
         compute_sample_miou: whether per-sample fields are written
         prelabel: the settings of the pre-label run that produced ``pred_field`` (if any;
             looked up when the run is registered)
+        class_map: ``{predicted name: evaluated name or None}`` for predicted names the
+            evaluated classes do not have
     """
 
     def __init__(self, pred_field, gt_field, classes=None, ignore_index=255, background="class",
-                 compute_sample_miou=True, prelabel=None, **kwargs):
+                 compute_sample_miou=True, prelabel=None, class_map=None, **kwargs):
         kwargs.pop("compute_dice", None)
         super().__init__(pred_field, gt_field, compute_dice=False, **kwargs)
         if background not in BACKGROUND_MODES:
@@ -227,6 +290,8 @@ class OVSSEvaluationConfig(SegmentationEvaluationConfig):
         self.background = background
         self.compute_sample_miou = compute_sample_miou
         self.prelabel = prelabel
+        self.class_map = {str(k): (None if v is None or not str(v).strip() else str(v))
+                          for k, v in (class_map or {}).items()}
 
     @property
     def method(self):
@@ -241,7 +306,7 @@ def complete_config(samples, config: OVSSEvaluationConfig) -> None:
         table = resolve_classes(samples, config.gt_field, config.pred_field)
         config.classes = [[v, n] for v, n in table.items()]
     _build_luts(dict(config.classes), field_mask_targets(samples, config.pred_field),
-                config.background, config.ignore_index)
+                config.background, config.ignore_index, config.class_map)
     if config.prelabel is None:
         config.prelabel = _prelabel_info(samples._dataset, config.pred_field)
 
@@ -299,7 +364,7 @@ class OVSSEvaluation(SegmentationEvaluation):
         pred_field, gt_field = cfg.pred_field, cfg.gt_field
         gt_lut, pred_lut, values, names = _build_luts(
             dict(cfg.classes), field_mask_targets(samples, pred_field), cfg.background,
-            cfg.ignore_index)
+            cfg.ignore_index, getattr(cfg, "class_map", None))
         C = len(values)
         in_mean = np.array([not (cfg.background == "ignore" and v == 0) for v in values])
         report = progress if callable(progress) else None
@@ -480,8 +545,8 @@ def _pct(v, digits) -> str:
 
 def run_evaluation(samples, pred_field: str, gt_field: str, eval_key: str, classes=None,
                    ignore_index: int = 255, background: str = "class",
-                   compute_sample_miou: bool = True, *, overwrite: bool = False,
-                   progress=None) -> OVSSEvaluationResults:
+                   compute_sample_miou: bool = True, *, class_map: Mapping | None = None,
+                   overwrite: bool = False, progress=None) -> OVSSEvaluationResults:
     """Evaluates ``pred_field`` against ``gt_field`` on ``samples`` MMSeg-style; stores the run.
 
     The input is checked here (with messages naming the field or class), then the evaluation
@@ -496,6 +561,8 @@ def run_evaluation(samples, pred_field: str, gt_field: str, eval_key: str, class
         ignore_index: GT value that is not evaluated (VOC/ADE: 255)
         background: ``"class"`` (0 is a class) or ``"ignore"`` (GT 0 not evaluated)
         compute_sample_miou: write ``<eval_key>_miou`` / ``<eval_key>_acc`` per sample
+        class_map: ``{predicted class name: evaluated class name}`` for predictions whose
+            ``mask_targets`` name classes differently (``None``/``""``: counted as wrong)
         overwrite: replace an existing evaluation with the same key (else an error)
         progress: ``None`` or a callable ``progress(done, total)``
 
@@ -535,10 +602,11 @@ def run_evaluation(samples, pred_field: str, gt_field: str, eval_key: str, class
     table = resolve_classes(samples, gt_field, pred_field, classes)
     config = OVSSEvaluationConfig(pred_field, gt_field, classes=sorted(table.items()),
                                   ignore_index=ignore_index, background=background,
-                                  compute_sample_miou=bool(compute_sample_miou))
+                                  compute_sample_miou=bool(compute_sample_miou),
+                                  class_map=class_map)
     complete_config(samples, config)  # before an existing run is deleted
     config_kwargs = {k: getattr(config, k) for k in (
-        "classes", "ignore_index", "background", "compute_sample_miou", "prelabel")}
+        "classes", "ignore_index", "background", "compute_sample_miou", "prelabel", "class_map")}
     if existing:
         # FiftyOne would only overwrite a run with the same fields; a replaced run may differ
         dataset.delete_evaluation(eval_key)

@@ -53,9 +53,12 @@ def export_coco_masks(samples, label_field: str, labels_path: str, *, encoding: 
         check_segmentation_field(samples, label_field, "exported")
     except EvaluationInputError as e:
         raise ExportInputError(str(e)) from None
-    targets = dict(mask_targets) if mask_targets else (
-        field_mask_targets(samples, label_field)
-        or {int(k): str(v) for k, v in (samples._dataset.default_mask_targets or {}).items()})
+    try:  # RGB mask targets ("#ff6d04": name) are refused, naming the field
+        targets = dict(mask_targets) if mask_targets else (
+            field_mask_targets(samples, label_field)
+            or {int(k): str(v) for k, v in (samples._dataset.default_mask_targets or {}).items()})
+    except EvaluationInputError as e:
+        raise ExportInputError(f"{e}; COCO export needs integer class values") from None
     if not targets:
         raise ExportInputError(
             f"field '{label_field}' has no mask_targets (class names); set "
@@ -87,7 +90,9 @@ def export_coco_masks(samples, label_field: str, labels_path: str, *, encoding: 
                 continue
             mask = label.get_mask()
             if mask.ndim == 3:
-                raise ExportInputError(f"sample {sample.id}: RGB masks are not supported")
+                raise ExportInputError(
+                    f"field '{label_field}', sample {sample.id}: RGB masks are not supported; "
+                    "store class-index masks (one integer value per class)")
             w, h = _image_size(sample.filepath, sample.metadata)
             if mask.shape != (h, w):
                 import cv2

@@ -3,6 +3,8 @@
 inside the methods."""
 from __future__ import annotations
 
+import os
+
 import fiftyone.operators as foo
 from fiftyone.operators import types
 
@@ -257,7 +259,16 @@ class PrelabelSegmentation(foo.Operator):
         inputs.str("label_field", default=default_field, required=True, label="Output field")
         field = params.get("label_field") or default_field
         _check_output_fields(inputs, ds, [field], "label_field")
-        _add_resume_and_mask_folder(inputs, ds)
+        # the same choice as apply_model: PNG files (mask_path) or the database (mask)
+        forms.add_choice(inputs, "mask_storage", ["files", "database"], default="files",
+                         label="Store masks", radio=True,
+                         labels={"files": "As PNG files in a mask folder (mask_path)",
+                                 "database": "In the database (mask): no files, larger DB"})
+        if params.get("mask_storage") == "database":
+            inputs.bool("skip_labelled", default=True, label="Skip samples already labelled "
+                        "with the same settings (resume)", view=types.CheckboxView())
+        else:
+            _add_resume_and_mask_folder(inputs, ds)
         inputs.bool("confidence", default=False, label="Also store the per-pixel confidence "
                     "as a heatmap field", view=types.CheckboxView())
         if params.get("confidence"):
@@ -285,13 +296,15 @@ class PrelabelSegmentation(foo.Operator):
                 view, field, classes=classes, method=full,
                 method_options=forms.read_method_options(p, info.get("options", [])),
                 confidence_field=conf_field, progress=forms.Progress(ctx),
-                vocabulary_source=vocab_src, **_run_params(p))
+                vocabulary_source=vocab_src,
+                masks_in_db=p.get("mask_storage") == "database", **_run_params(p))
         except (PrelabelInputError, tc.TfovssError) as e:
             _fail(f"Pre-label not started: {e}")
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
         out = report.to_dict()
         out["failures"] = [f"{f['filepath']}: {f['error']}" for f in report.failures]
+        out["failures_text"] = failures_markdown(report.failures)
         return out
 
     def resolve_output(self, ctx):
@@ -300,10 +313,23 @@ class PrelabelSegmentation(foo.Operator):
         outputs.int("num_labelled", label="Samples labelled")
         outputs.int("num_skipped", label="Skipped (already labelled, same settings)")
         outputs.int("num_failed", label="Failed")
-        outputs.list("failures", types.String(), label="Failures")
+        # a list of strings renders as one-line chips that cut long messages: Markdown instead
+        outputs.str("failures_text", label="Failures", view=types.MarkdownView())
         outputs.str("mask_dir", label="Mask folder")
         outputs.str("settings_hash", label="Settings hash")
         return types.Property(outputs, view=types.View(label="Pre-label finished"))
+
+
+def failures_markdown(failures) -> str:
+    """A run's failures in full, one Markdown list item per sample (file, then the whole
+    error message); "none" when there are none."""
+    if not failures:
+        return "none"
+
+    def esc(text):  # Markdown must not eat the paths' underscores or the messages' stars
+        return "".join("\\" + ch if ch in "\\`*_[]<>#|" else ch for ch in str(text))
+    return "\n".join(f"- **{esc(os.path.basename(str(f['filepath'])))}** "
+                     f"({esc(f['filepath'])}): {esc(f['error'])}" for f in failures)
 
 
 def _evaluation_form(inputs, ctx) -> None:
@@ -337,20 +363,48 @@ def _evaluation_form(inputs, ctx) -> None:
     inputs.bool("compute_sample_miou", default=True, label="Write per-sample mIoU "
                 "(<key>_miou) to sort the worst samples", view=types.CheckboxView())
     if ds is not None and gt in fields:
-        _classes_note(inputs, ds, gt, pred)
+        _classes_note(inputs, ds, gt, pred, params)
 
 
-def _classes_note(inputs, ds, gt, pred) -> None:
-    from tfovss_fiftyone.evaluation import EvaluationInputError, resolve_classes
+def _classes_note(inputs, ds, gt, pred, params) -> None:
+    from tfovss_fiftyone.evaluation import (EvaluationInputError, resolve_classes,
+                                            suggest_class_map, unmatched_prediction_classes)
 
     try:
         table = resolve_classes(ds, gt, pred, None)
+        unmatched = unmatched_prediction_classes(ds, gt, pred) if pred in \
+            forms.segmentation_fields(ds) else []
     except EvaluationInputError as e:
         forms.warning(inputs, "classes_warn", str(e))
         return
     names = list(table.values())
     forms.notice(inputs, "classes_note", f"{len(table)} classes from mask_targets: " +
                  ", ".join(names[:12]) + (" ..." if len(table) > 12 else ""))
+    if unmatched:
+        # names differ (a vocabulary of one's own): offer the mapping instead of failing
+        guess = suggest_class_map(unmatched, names)
+        default = "\n".join(f"{u} = {guess.get(u, '')}" for u in unmatched)
+        forms.warning(inputs, "class_map_note", f"The predictions name {len(unmatched)} "
+                      f"classes the ground truth does not have: {', '.join(unmatched)}. Map "
+                      "each to a ground-truth class below (empty: counted as wrong).")
+        inputs.str("class_map", default=default, required=False,
+                   label="Class-name mapping (predicted = ground truth, one per line)",
+                   view=types.CodeView(language="text"))
+
+
+def parse_class_map(text) -> dict[str, str | None]:
+    """The form's mapping lines ``predicted = ground truth`` (or ``;``-separated) as a dict;
+    an empty right side maps to None (counted as wrong)."""
+    out: dict[str, str | None] = {}
+    for line in str(text or "").replace(";", "\n").splitlines():
+        if not line.strip():
+            continue
+        if "=" not in line:
+            _fail(f"class-name mapping line {line.strip()!r} has no '=' (write 'predicted = "
+                  "ground truth')")
+        pred_name, target = (part.strip() for part in line.split("=", 1))
+        out[pred_name] = target or None
+    return out
 
 
 def _evaluation_args(p) -> dict:
@@ -361,6 +415,7 @@ def _evaluation_args(p) -> dict:
                 ignore_index=int(p.get("ignore_index", 255)),
                 background=p.get("background") or "class",
                 compute_sample_miou=p.get("compute_sample_miou", True) is not False,
+                class_map=parse_class_map(p.get("class_map")) or None,
                 overwrite=bool(p.get("overwrite")))
 
 

@@ -1,9 +1,12 @@
 """Panel "OVSS evaluations": every segmentation evaluation of the dataset in one table (method,
-backbone, settings, fields, mIoU, pixel accuracy), per-class IoU bars of a run, two runs side by
-side with per-class deltas, buttons that open the pre-label / compare / evaluation / export
-operators, and one that loads the worst samples of a run as a view."""
+backbone, settings, fields, mIoU, pixel accuracy), per-class IoU bars of a run (sortable by
+IoU), two runs side by side with per-class deltas, the run's confusion (row-normalised heatmap
+and its top-k confused class pairs), the run's settings in full, buttons that open the
+pre-label / compare / evaluation / export operators, and one that loads the worst samples of a
+run as a view."""
 from __future__ import annotations
 
+import json
 import math
 
 import fiftyone.operators as foo
@@ -11,6 +14,10 @@ from fiftyone.operators import types
 
 PLUGIN = "@tfovss/ovss"
 NONE = "(none)"
+SORT_ORDERS = ("class order", "IoU ascending", "IoU descending")
+TOP_CONFUSED = 10
+#: the heatmap shows at most this many classes (the most confused ones); 171 rows are unreadable
+HEATMAP_CLASSES = 20
 
 
 def _f(v):
@@ -127,6 +134,79 @@ def per_class_rows(dataset, key) -> list[dict]:
         return []
 
 
+def sort_classes(rows: list[dict], order: str, key: str = "iou") -> list[dict]:
+    """``rows`` in ``order`` (:data:`SORT_ORDERS`); undefined IoU last whatever the order."""
+    if order not in SORT_ORDERS:
+        raise ValueError(f"sort order must be one of {SORT_ORDERS}, got {order!r}")
+    if order == "class order":
+        return list(rows)
+    known = [r for r in rows if _f(r.get(key)) is not None]
+    unknown = [r for r in rows if _f(r.get(key)) is None]
+    known.sort(key=lambda r: _f(r[key]), reverse=order == "IoU descending")
+    return known + unknown
+
+
+def confusion_rows(dataset, key) -> tuple[list[str], list[list[float | None]]]:
+    """Class names and the row-normalised pixel confusion matrix of evaluation ``key``
+    (rows: ground truth, columns: prediction, each row in % of that class's GT pixels; a class
+    without GT pixels has a row of None). ``([], [])`` when the run has no matrix."""
+    import numpy as np
+
+    try:
+        res = dataset.load_evaluation_results(key, cache=False)
+        cm = np.asarray(res.pixel_confusion_matrix, dtype=np.float64)
+    except Exception:
+        return [], []
+    names = [str(c) for c in getattr(res, "class_names", None) or res.classes]
+    if cm.ndim != 2 or cm.shape[0] != len(names):
+        return [], []
+    # a row's total includes pixels predicted with an unnamed value (they are wrong too)
+    unmapped = np.asarray(getattr(res, "unmapped_pred", None) or [0] * len(names), np.float64)
+    totals = cm.sum(axis=1) + (unmapped if unmapped.shape == (len(names),) else 0)
+    out = []
+    for i in range(len(names)):
+        out.append([None] * len(names) if totals[i] <= 0
+                   else [round(100.0 * v / totals[i], 2) for v in cm[i]])
+    return names, out
+
+
+def top_confused_pairs(dataset, key, k: int = TOP_CONFUSED) -> list[dict]:
+    """The ``k`` largest off-diagonal cells of the row-normalised confusion matrix:
+    ``{"gt", "pred", "percent", "pixels"}``, ``percent`` = share of the GT class's pixels
+    predicted as ``pred``."""
+    import numpy as np
+
+    names, norm = confusion_rows(dataset, key)
+    if not names:
+        return []
+    cm = np.asarray(dataset.load_evaluation_results(key, cache=False).pixel_confusion_matrix)
+    cells = [(norm[i][j], i, j) for i in range(len(names)) for j in range(len(names))
+             if i != j and norm[i][j] is not None and cm[i, j] > 0]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [{"gt": names[i], "pred": names[j], "percent": pct, "pixels": int(cm[i, j])}
+            for pct, i, j in cells[:k]]
+
+
+def run_settings_markdown(dataset, key) -> str:
+    """Everything the evaluation ``key`` stores about how its predictions were made (the
+    pre-label run's method, backbone, vocabulary, every setting) and how it was scored, as a
+    Markdown code block: readable in full, nothing cut."""
+    try:
+        cfg = dataset.get_evaluation_info(key).config
+    except Exception as e:
+        return f"Run `{key}` cannot be loaded: {e}"
+    scored = {k: getattr(cfg, k, None) for k in ("pred_field", "gt_field", "ignore_index",
+                                                 "background", "class_map")}
+    scored["classes"] = len(getattr(cfg, "classes", None) or [])
+    pre = getattr(cfg, "prelabel", None)
+    if not pre:
+        bench = ((dataset.info or {}).get("tfovss_runs") or {}).get(key)
+        pre = bench or "not made by the tfovss pre-label (no settings stored)"
+    text = json.dumps({"evaluation": scored, "predictions": pre}, indent=2, sort_keys=True,
+                      default=str)
+    return f"**Settings of `{key}`**\n\n```json\n{text}\n```"
+
+
 class OVSSEvaluationsPanel(foo.Panel):
     @property
     def config(self):
@@ -160,15 +240,17 @@ class OVSSEvaluationsPanel(foo.Panel):
         cb = per_class_rows(ds, b) if b else []
         # classes absent from both runs (IoU undefined) are left out of the chart and table
         seen = {c["name"] for c in ca + cb if _f(c["iou"]) is not None}
-        ca = [c for c in ca if c["name"] in seen]
+        order = ctx.panel.get_state("sort_by") or SORT_ORDERS[0]
+        ca = sort_classes([c for c in ca if c["name"] in seen], order)
         cb = [c for c in cb if c["name"] in seen]
         traces = []
         if ca:
             traces.append({"type": "bar", "name": a, "x": [c["name"] for c in ca],
                            "y": [_pct(c["iou"]) for c in ca]})
         if cb:
-            traces.append({"type": "bar", "name": b, "x": [c["name"] for c in cb],
-                           "y": [_pct(c["iou"]) for c in cb]})
+            by_name = {c["name"]: c for c in cb}
+            traces.append({"type": "bar", "name": b, "x": [c["name"] for c in ca],
+                           "y": [_pct(by_name.get(c["name"], {}).get("iou")) for c in ca]})
         ctx.panel.set_data("iou_plot", traces)
         by_b = {c["name"]: c for c in cb}
         rows = []
@@ -181,6 +263,29 @@ class OVSSEvaluationsPanel(foo.Panel):
                 row["delta"] = None if ia is None or ib is None else round(ib - ia, 2)
             rows.append(row)
         ctx.panel.set_data("classes", rows)
+        self._set_confusion(ctx, a)
+
+    def _set_confusion(self, ctx, key):
+        ds = ctx.dataset
+        pairs = top_confused_pairs(ds, key) if key else []
+        ctx.panel.set_data("confused_plot", [{
+            "type": "bar", "orientation": "h", "name": "GT pixels (%)",
+            "y": [f"{p['gt']} → {p['pred']}" for p in reversed(pairs)],
+            "x": [p["percent"] for p in reversed(pairs)]}] if pairs else [])
+        names, norm = confusion_rows(ds, key) if key else ([], [])
+        if names:
+            # the classes involved in the most confusion, then the largest, up to the limit
+            involved = [n for p in pairs for n in (p["gt"], p["pred"])]
+            keep = list(dict.fromkeys(involved))[:HEATMAP_CLASSES]
+            idx = [names.index(n) for n in keep] or list(range(min(len(names), HEATMAP_CLASSES)))
+            ctx.panel.set_data("confusion_plot", [{
+                "type": "heatmap", "colorscale": "Blues", "zmin": 0, "zmax": 100,
+                "x": [names[j] for j in idx], "y": [names[i] for i in idx],
+                "z": [[norm[i][j] for j in idx] for i in idx],
+                "hovertemplate": "GT %{y} → predicted %{x}: %{z}% of GT pixels<extra></extra>"}])
+        else:
+            ctx.panel.set_data("confusion_plot", [])
+        ctx.panel.set_state("settings_md", run_settings_markdown(ds, key) if key else "")
 
     # -- events --------------------------------------------------------------------------------
     def on_load(self, ctx):
@@ -199,6 +304,10 @@ class OVSSEvaluationsPanel(foo.Panel):
     def on_change_b(self, ctx):
         v = ctx.params.get("value")
         ctx.panel.set_state("run_b", v)
+        self._refresh(ctx)
+
+    def on_sort(self, ctx):
+        ctx.panel.set_state("sort_by", ctx.params.get("value") or SORT_ORDERS[0])
         self._refresh(ctx)
 
     def on_prelabel(self, ctx):
@@ -262,6 +371,9 @@ class OVSSEvaluationsPanel(foo.Panel):
                                        "height": 360, "margin": {"b": 120},
                                        "yaxis": {"range": [0, 100]}},
                    config={"displayModeBar": False}, height=45)
+        panel.enum("sort_by", list(SORT_ORDERS),
+                   default=ctx.panel.get_state("sort_by") or SORT_ORDERS[0],
+                   label="Sort classes by", view=types.DropdownView(), on_change=self.on_sort)
         ctable = types.TableView()
         ctable.add_column("class", label="Class")
         ctable.add_column("iou_a", label="IoU % (run)")
@@ -269,5 +381,14 @@ class OVSSEvaluationsPanel(foo.Panel):
             ctable.add_column("iou_b", label="IoU % (compared)")
             ctable.add_column("delta", label="Δ")
         panel.list("classes", types.Object(), view=ctable, label="Per class")
+        panel.plot("confused_plot", layout={
+            "title": f"Top {TOP_CONFUSED} confused class pairs (% of the GT class's pixels)",
+            "height": 360, "margin": {"l": 200}, "xaxis": {"range": [0, 100]}},
+            config={"displayModeBar": False}, height=45)
+        panel.plot("confusion_plot", layout={
+            "title": "Confusion, rows normalised (GT → predicted, %)", "height": 480,
+            "margin": {"l": 140, "b": 140}, "yaxis": {"autorange": "reversed"}},
+            config={"displayModeBar": False}, height=60)
+        panel.md(ctx.panel.get_state("settings_md") or "", name="settings_md")
         return types.Property(panel, view=types.GridView(orientation="vertical", height=100,
                                                          width=100))

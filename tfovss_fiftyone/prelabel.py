@@ -8,7 +8,9 @@
 
 * Masks are written as PNG files (``mask_path``) under ``output_dir/<field>/``, named
   ``<sample id>_<settings hash>.png``; existing files are never replaced, except those the same
-  settings wrote in an interrupted run (same name, same content).
+  settings wrote in an interrupted run (same name, same content). ``masks_in_db=True`` keeps
+  masks (and confidence maps) in the database instead (``mask`` / ``map``), as
+  ``apply_model`` does without an output directory: no files, a larger database.
 * The field's ``mask_targets`` are set; every label carries ``tfovss_hash`` (the settings hash)
   and ``mean_confidence`` (mean top-class probability: sort by it to review uncertain samples).
 * Resumable: samples already labelled with the same settings hash are skipped (unless
@@ -201,7 +203,7 @@ def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
              overwrite: bool = False, skip_labelled: bool = True,
              confidence_field: str | None = None,
              progress: Callable[[int, int, str], None] | None = None,
-             vocabulary_source: str | None = None) -> PrelabelReport:
+             vocabulary_source: str | None = None, masks_in_db: bool = False) -> PrelabelReport:
     """Segments every sample of ``samples`` into ``label_field`` (see the module docstring).
 
     Args:
@@ -223,6 +225,8 @@ def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
         skip_labelled: skip samples already labelled with the same settings hash
         confidence_field: also write the top-class probability as a ``fo.Heatmap`` field
         progress: ``progress(done, total, label)`` after each batch
+        masks_in_db: store masks in the database (``Segmentation.mask``) instead of PNG
+            files under ``output_dir`` (which is then not used)
 
     Returns:
         a :class:`PrelabelReport`
@@ -230,7 +234,8 @@ def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
     Raises:
         PrelabelInputError / tfovss_core.ConfigError / WeightsError: before anything is written
     """
-    plan = _FieldPlan(label_field, method, _options(method_options), confidence_field or None)
+    plan = _FieldPlan(label_field, method, _options(method_options), confidence_field or None,
+                      in_db=bool(masks_in_db))
     _run([plan], samples, shared_trunk=False, classes=classes, arch=arch,
          pretrained=pretrained, model=model, settings=settings, device=device,
          batch_size=batch_size, output_dir=output_dir, overwrite=overwrite,
@@ -245,7 +250,8 @@ def prelabel_many(samples, fields_by_method: Mapping[str, str], *, classes,
                   output_dir: str | None = None, overwrite: bool = False,
                   skip_labelled: bool = True, confidence_suffix: str | None = None,
                   progress: Callable[[int, int, str], None] | None = None,
-                  vocabulary_source: str | None = None) -> MultiPrelabelReport:
+                  vocabulary_source: str | None = None,
+                  masks_in_db: bool = False) -> MultiPrelabelReport:
     """Several methods in one pass: ``{method: field}``, one ``fo.Segmentation`` field each.
 
     The methods run through one :class:`tfovss_core.MultiSegmenter`, which computes the frozen
@@ -275,7 +281,8 @@ def prelabel_many(samples, fields_by_method: Mapping[str, str], *, classes,
     if unknown:
         raise PrelabelInputError(f"method_options given for {unknown}, which are not run")
     plans = [_FieldPlan(str(field), str(method), _options(opts.get(method)),
-                        f"{field}{confidence_suffix}" if confidence_suffix else None)
+                        f"{field}{confidence_suffix}" if confidence_suffix else None,
+                        in_db=bool(masks_in_db))
              for method, field in fields_by_method.items()]
     return _run(plans, samples, shared_trunk=True, classes=classes, arch=arch,
                 pretrained=pretrained, model=model, settings=settings, device=device,
@@ -295,6 +302,7 @@ class _FieldPlan:
     method: str
     options: dict
     confidence_field: str | None
+    in_db: bool = False          # masks in the database instead of PNG files
     exists: bool = False
     conf_exists: bool = False
     rows: list = field(default_factory=list)
@@ -404,20 +412,25 @@ def _declare_fields(dataset, plans: Sequence[_FieldPlan]) -> None:
 
 
 def _labels_of(p: _FieldPlan, sid: str, res, synthetic: bool):
-    """Writes the mask (and confidence) PNGs of one result: ``(Segmentation, Heatmap or None)``."""
+    """The labels of one result, masks as PNG files or in the database (``p.in_db``):
+    ``(Segmentation, Heatmap or None)``."""
     import fiftyone as fo
 
     mask = p.lut[res.mask.astype(np.int64)].astype(p.out_dtype)
-    mpath = os.path.join(p.mask_dir, f"{sid}_{p.hash}.png")
-    _write_png(mask, mpath)
     conf = res.probs.max(axis=0)
     attrs = {HASH_ATTR: p.hash, "mean_confidence": float(conf.mean())}
     if synthetic:
         attrs["synthetic"] = True
+    conf8 = np.clip(np.rint(conf * 255), 0, 255).astype(np.uint8) if p.confidence_field else None
+    if p.in_db:
+        heatmap = None if conf8 is None else fo.Heatmap(map=conf8, range=[0, 255])
+        return fo.Segmentation(mask=mask, **attrs), heatmap
+    mpath = os.path.join(p.mask_dir, f"{sid}_{p.hash}.png")
+    _write_png(mask, mpath)
     heatmap = None
-    if p.confidence_field:
+    if conf8 is not None:
         cpath = os.path.join(p.mask_dir, f"{sid}_{p.hash}_confidence.png")
-        _write_png(np.clip(np.rint(conf * 255), 0, 255).astype(np.uint8), cpath)
+        _write_png(conf8, cpath)
         heatmap = fo.Heatmap(map_path=cpath, range=[0, 255])
     return fo.Segmentation(mask_path=mpath, **attrs), heatmap
 
@@ -460,7 +473,7 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
         _apply_resume_rules(view, p, n_total, overwrite, skip_labelled)
     out_root = os.path.abspath(output_dir or default_output_dir(dataset))
     for p in plans:
-        p.mask_dir = _writable_mask_dir(out_root, p.field)
+        p.mask_dir = "" if p.in_db else _writable_mask_dir(out_root, p.field)
 
     # -- declare fields and run info (first writes) ------------------------------------------
     _declare_fields(dataset, plans)

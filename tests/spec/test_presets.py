@@ -94,7 +94,7 @@ def test_default_class_family_is_sclip():
     assert voc21.classes() == voc21.classes("sclip") == voc21.classes("naclip+lht")
     assert voc21.classes("unknown-method") == voc21.classes()
     assert voc21.classes()[0][:2] == ["sky", "wall"] and len(voc21.classes()[0]) == 26
-    assert voc21.classes("maskclip") == voc21.classes("clip") == [[n] for n in voc21.class_names("clearclip")]
+    assert voc21.classes("maskclip") == voc21.classes("clip") == [[n] for n in voc21.query_names("clearclip")]
     assert get_preset("coco_object").classes("sclip")[1][-1] == "body"
     assert get_preset("coco_object").classes("clearclip")[:2] == [["background"], ["person"]]
 
@@ -109,6 +109,7 @@ def test_class_counts(name, count):
     for method in [None, *OFFICIAL_METHODS, *PAPER_METHODS]:
         assert len(preset.classes(method)) == count, method
         assert len(preset.class_names(method)) == count
+        assert len(preset.query_names(method)) == count
 
 
 def test_list_presets():
@@ -129,12 +130,26 @@ def test_dataset_metadata():
 
 
 def test_class_names():
-    assert get_preset("voc21").class_names()[:3] == ["background", "aeroplane", "bicycle"]
-    assert get_preset("voc21").class_names()[20] == "television monitor"
-    assert get_preset("voc21").class_names("clearclip")[20] == "tvmonitor"
-    assert get_preset("voc20").class_names()[0] == "aeroplane"
-    assert get_preset("cityscapes").class_names()[:3] == ["road", "sidewalk", "building"]
-    assert get_preset("context60").class_names()[-1] == "wood"  # the file's trailing space is stripped
+    # the dataset's own names (what a ground-truth field's mask_targets says) ...
+    voc = get_preset("voc21").class_names()
+    assert voc[:3] == ["background", "aeroplane", "bicycle"]
+    assert (voc[4], voc[11], voc[20]) == ("boat", "diningtable", "tvmonitor")
+    assert get_preset("voc21").class_names("clearclip") == voc == get_preset("voc21").class_names("sclip")
+    assert get_preset("voc20").class_names() == voc[1:]
+    assert get_preset("context60").class_names()[1:] == get_preset("context59").class_names()
+    assert get_preset("coco_object").class_names()[:2] == ["background", "person"]
+    assert get_preset("coco_object").class_names()[61] == "dining table"
+    assert get_preset("coco_stuff").class_names()[9] == "traffic light"
+    assert get_preset("cityscapes").class_names()[6:8] == ["traffic light", "traffic sign"]
+    assert get_preset("ade20k").class_names()[7] == "bed"  # mmseg's 'bed ' without the space
+    assert get_preset("ade847").class_names()[1] == "building"  # no METAINFO: first synonym
+    # ... while the words queried stay the class file's
+    assert get_preset("voc21").query_names()[20] == "television monitor"
+    assert get_preset("voc21").query_names()[4] == "ship"
+    assert get_preset("voc21").query_names("clearclip")[20] == "tvmonitor"
+    assert get_preset("voc21").classes()[20][0] == "television monitor"
+    assert get_preset("cityscapes").query_names()[:3] == ["road", "sidewalk", "building"]
+    assert get_preset("context60").query_names()[-1] == "wood"  # the file's trailing space is stripped
     assert get_preset("ade847").classes()[1] == ["building", "edifice"]
 
 

@@ -4,6 +4,9 @@ Pure Python + json (no torch, no fiftyone), so the plugin and the CLI can read p
 Dataset facts live here (mmseg METAINFO style); each method's own per-dataset settings live on
 its card, beside the method (:mod:`tfovss_core.methods.card`).
 
+* ``get_preset("voc21").class_names()`` -> the dataset's own class names (mmseg METAINFO
+  ``classes``, in ``settings.json``): what ground truth calls them and what a pre-label's
+  ``mask_targets`` must say so that evaluation matches by name. The words queried stay separate:
 * ``get_preset("voc21").classes("sclip")`` -> synonyms per class, from the class file that method's
   official repo uses (ClearCLIP's one-word lists for ``clip`` / ``maskclip`` / ``clearclip``, the
   SCLIP-family lists with synonyms otherwise).
@@ -166,11 +169,23 @@ class DatasetPreset:
         return [list(names) for names in _bundled_classes(filename)]
 
     def class_names(self, method: str | None = None) -> list[str]:
-        """Display name per class: the first synonym.
+        """The dataset's own name per class (its METAINFO ``classes``: VOC's ``boat``,
+        ``diningtable``, ``tvmonitor``), the names a ground-truth field's ``mask_targets`` uses,
+        whatever words ``method`` queries (:meth:`query_names`). ``method`` is accepted for
+        symmetry with :meth:`classes`; the count is the same for every class file.
 
-        Exception: on datasets with background, class 0 is shown as "background" even where the
-        SCLIP-family file lists stuff names for it (VOC21 / COCO-Object line 0 starts with "sky").
+        Datasets without a METAINFO list (ADE-847, Context-459: their class file *is* the
+        dataset's list) name each class by its first synonym.
         """
+        canonical = _settings()["datasets"][self.name].get("classes")
+        if canonical:
+            return list(canonical)
+        return self.query_names(method)
+
+    def query_names(self, method: str | None = None) -> list[str]:
+        """The first query word per class in the class file ``method`` uses (``ship``,
+        ``table``, ``television monitor`` for VOC under the SCLIP family); class 0 of a dataset
+        with background is "background" even where the file lists stuff names for it."""
         names = [synonyms[0] for synonyms in self.classes(method)]
         if self.has_background and names:
             names[0] = "background"

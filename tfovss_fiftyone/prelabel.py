@@ -35,6 +35,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -201,7 +202,8 @@ def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
              overwrite: bool = False, skip_labelled: bool = True,
              confidence_field: str | None = None,
              progress: Callable[[int, int, str], None] | None = None,
-             vocabulary_source: str | None = None) -> PrelabelReport:
+             vocabulary_source: str | None = None, executor=None,
+             ray_address: str | None = None) -> PrelabelReport:
     """Segments every sample of ``samples`` into ``label_field`` (see the module docstring).
 
     Args:
@@ -223,6 +225,12 @@ def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
         skip_labelled: skip samples already labelled with the same settings hash
         confidence_field: also write the top-class probability as a ``fo.Heatmap`` field
         progress: ``progress(done, total, label)`` after each batch
+        executor: the job runner's executor (default: this process); e.g.
+            ``tfovss_core.engine.ray_executor.RayExecutor(num_actors=4, num_gpus_per_actor=1)``
+        ray_address: run on Ray instead: ``"local"`` (a Ray on loopback started for the run) or
+            a cluster address (``"auto"``, ``"ray://head:10001"``); the actors write the mask
+            files (``output_dir`` must be storage they share with this process), the labels are
+            written here. Same masks, bit for bit, as a local run.
 
     Returns:
         a :class:`PrelabelReport`
@@ -234,7 +242,8 @@ def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
     _run([plan], samples, shared_trunk=False, classes=classes, arch=arch,
          pretrained=pretrained, model=model, settings=settings, device=device,
          batch_size=batch_size, output_dir=output_dir, overwrite=overwrite,
-         skip_labelled=skip_labelled, progress=progress, vocabulary_source=vocabulary_source)
+         skip_labelled=skip_labelled, progress=progress, vocabulary_source=vocabulary_source,
+         executor=_executor(executor, ray_address))
     return plan.report
 
 
@@ -245,7 +254,8 @@ def prelabel_many(samples, fields_by_method: Mapping[str, str], *, classes,
                   output_dir: str | None = None, overwrite: bool = False,
                   skip_labelled: bool = True, confidence_suffix: str | None = None,
                   progress: Callable[[int, int, str], None] | None = None,
-                  vocabulary_source: str | None = None) -> MultiPrelabelReport:
+                  vocabulary_source: str | None = None, executor=None,
+                  ray_address: str | None = None) -> MultiPrelabelReport:
     """Several methods in one pass: ``{method: field}``, one ``fo.Segmentation`` field each.
 
     The methods run through one :class:`tfovss_core.MultiSegmenter`, which computes the frozen
@@ -263,6 +273,7 @@ def prelabel_many(samples, fields_by_method: Mapping[str, str], *, classes,
             (method names as for :func:`prelabel`, add-ons included)
         method_options: ``{method: {option: value}}`` for the methods that need them
         confidence_suffix: also write each field's confidence heatmap to ``<field><suffix>``
+        executor, ray_address: where the model pass runs, as for :func:`prelabel`
         others: as for :func:`prelabel` (shared by every method)
 
     Returns:
@@ -281,7 +292,32 @@ def prelabel_many(samples, fields_by_method: Mapping[str, str], *, classes,
                 pretrained=pretrained, model=model, settings=settings, device=device,
                 batch_size=batch_size, output_dir=output_dir, overwrite=overwrite,
                 skip_labelled=skip_labelled, progress=progress,
-                vocabulary_source=vocabulary_source)
+                vocabulary_source=vocabulary_source, executor=_executor(executor, ray_address))
+
+
+def _executor(executor, ray_address: str | None):
+    """The job runner's executor: the one given, a Ray executor for ``ray_address``, or None
+    (this process)."""
+    if ray_address is None or executor is not None:
+        if executor is not None and ray_address is not None:
+            raise PrelabelInputError("give an executor or a Ray address, not both")
+        return executor
+    from tfovss_core.engine.ray_executor import executor_from_options
+
+    return executor_from_options(ray_address)
+
+
+def _build_segmenters(arch, pretrained, device, classes, drv: Mapping,
+                      methods: Sequence[tuple[str, str, Mapping]]) -> dict:
+    """The Segmenters of a run, built where the work runs (a Ray actor): the same calls as
+    :func:`_run` makes here, so the same model and settings."""
+    import tfovss_core as tc
+
+    from tfovss_fiftyone.loading import get_clip
+
+    model = get_clip(arch, pretrained, device)
+    return {f: tc.Segmenter(model, method=m, classes=classes, **{**drv, **opts})
+            for f, m, opts in methods}
 
 
 def _options(method_options: Mapping | None) -> dict:
@@ -403,28 +439,77 @@ def _declare_fields(dataset, plans: Sequence[_FieldPlan]) -> None:
     dataset.save()
 
 
-def _labels_of(p: _FieldPlan, sid: str, res, synthetic: bool):
-    """Writes the mask (and confidence) PNGs of one result: ``(Segmentation, Heatmap or None)``."""
-    import fiftyone as fo
+@dataclass(frozen=True)
+class _FileTarget:
+    """Where and how one field's files are written (picklable: it travels to Ray actors)."""
+    mask_dir: str
+    hash: str
+    lut: np.ndarray
+    out_dtype: type
+    confidence: bool
 
-    mask = p.lut[res.mask.astype(np.int64)].astype(p.out_dtype)
-    mpath = os.path.join(p.mask_dir, f"{sid}_{p.hash}.png")
+
+@dataclass(frozen=True)
+class WrittenMask:
+    """The small record of one result whose files are written: what the label stores."""
+    mask_path: str
+    mean_confidence: float
+    confidence_path: str | None = None
+
+
+def _target(p: _FieldPlan) -> _FileTarget:
+    return _FileTarget(p.mask_dir, p.hash, p.lut, p.out_dtype, bool(p.confidence_field))
+
+
+def _write_files(t: _FileTarget, sid: str, res) -> WrittenMask:
+    """Writes the mask (and confidence) PNGs of one result, each atomically (the one writer of
+    both the local and the Ray run, so their files are the same bytes)."""
+    mask = t.lut[res.mask.astype(np.int64)].astype(t.out_dtype)
+    mpath = os.path.join(t.mask_dir, f"{sid}_{t.hash}.png")
     _write_png(mask, mpath)
     conf = res.probs.max(axis=0)
-    attrs = {HASH_ATTR: p.hash, "mean_confidence": float(conf.mean())}
+    cpath = None
+    if t.confidence:
+        cpath = os.path.join(t.mask_dir, f"{sid}_{t.hash}_confidence.png")
+        _write_png(np.clip(np.rint(conf * 255), 0, 255).astype(np.uint8), cpath)
+    return WrittenMask(mpath, float(conf.mean()), cpath)
+
+
+class MaskFileWriter:
+    """The run's ``ModelSpec.finish``: in a Ray actor, writes each result's PNGs and replaces the
+    result by its :class:`WrittenMask` (a failed write is that field's failure)."""
+
+    def __init__(self, targets: Mapping[str, _FileTarget]):
+        self.targets = dict(targets)
+
+    def __call__(self, outcome):
+        for f, res in list(outcome.results.items()):
+            try:
+                outcome.results[f] = _write_files(self.targets[f], outcome.item.id, res)
+            except Exception as e:
+                del outcome.results[f]
+                outcome.errors[f] = e
+        return outcome
+
+
+def _labels_of(p: _FieldPlan, sid: str, res, synthetic: bool):
+    """The labels of one result, ``(Segmentation, Heatmap or None)``; writes its PNGs unless an
+    actor already did (a :class:`WrittenMask`)."""
+    import fiftyone as fo
+
+    written = res if isinstance(res, WrittenMask) else _write_files(_target(p), sid, res)
+    attrs = {HASH_ATTR: p.hash, "mean_confidence": written.mean_confidence}
     if synthetic:
         attrs["synthetic"] = True
     heatmap = None
-    if p.confidence_field:
-        cpath = os.path.join(p.mask_dir, f"{sid}_{p.hash}_confidence.png")
-        _write_png(np.clip(np.rint(conf * 255), 0, 255).astype(np.uint8), cpath)
-        heatmap = fo.Heatmap(map_path=cpath, range=[0, 255])
-    return fo.Segmentation(mask_path=mpath, **attrs), heatmap
+    if written.confidence_path:
+        heatmap = fo.Heatmap(map_path=written.confidence_path, range=[0, 255])
+    return fo.Segmentation(mask_path=written.mask_path, **attrs), heatmap
 
 
 def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch, pretrained,
          model, settings, device, batch_size, output_dir, overwrite, skip_labelled, progress,
-         vocabulary_source) -> MultiPrelabelReport:
+         vocabulary_source, executor=None) -> MultiPrelabelReport:
     """The run behind :func:`prelabel` (one plan, a Segmenter) and :func:`prelabel_many`
     (several plans, one MultiSegmenter). Every check happens before the first write."""
     import tfovss_core as tc
@@ -445,6 +530,7 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
     drv = {k: v for k, v in (settings or {}).items() if v is not None}
     if batch_size:
         drv.setdefault("batch_size", int(batch_size))
+    given_model = model is not None
     if model is None:
         model = get_clip(arch, pretrained, device)
     segs = {p.field: tc.Segmenter(model, method=p.method, classes=source.segmenter_classes(),
@@ -482,7 +568,14 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
     batch_n = max(1, int(batch_size or 1))
     sink = _FieldsSink(dataset, plans, synthetic)
     # any error on one sample is that sample's failure (listed in the report); the run goes on
-    passes = ModelPass(ModelSpec(segs, shared_trunk=shared_trunk), item_errors=(Exception,))
+    spec = ModelSpec(segs, shared_trunk=shared_trunk)
+    if executor is not None:  # the actors build the same Segmenters and write the files
+        if not given_model and not isinstance(pretrained, Mapping):
+            spec.build = partial(_build_segmenters, arch, pretrained, device,
+                                 source.segmenter_classes(), drv,
+                                 [(p.field, p.method, p.options) for p in plans])
+        spec.finish = MaskFileWriter({p.field: _target(p) for p in plans})
+    passes = ModelPass(spec, item_errors=(Exception,))
 
     def on_progress(done: int, todo: int) -> None:
         if done % batch_n and done != todo:
@@ -492,7 +585,7 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
             progress(done, todo, f"{done}/{todo} samples")
 
     items = [Item(sid, path) for sid, path in zip(view.values("id"), view.values("filepath"))]
-    JobRunner(passes, [RunRef(p.field, p.hash) for p in plans], sink,
+    JobRunner(passes, [RunRef(p.field, p.hash) for p in plans], sink, executor=executor,
               item_errors=(Exception,), progress=on_progress).run(items)
     seconds = round(time.time() - t0, 3)
     for p in plans:
@@ -553,7 +646,7 @@ class _FieldsSink:
 def _write_png(arr: np.ndarray, path: str) -> None:
     from PIL import Image
 
-    tmp = path + ".tmp.png"
+    tmp = f"{path}.{os.getpid()}.tmp.png"  # per process: a retried batch never shares it
     Image.fromarray(arr).save(tmp)
     os.replace(tmp, path)
 

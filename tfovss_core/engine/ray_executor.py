@@ -36,11 +36,15 @@ from typing import Any, Iterable, Iterator, Sequence
 from tfovss_core.engine.runner import ITEM_ERRORS, ModelPass, ModelSpec, Outcome, Work, run_batch
 from tfovss_core.errors import ConfigError
 
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 RAY_EXTRA_HINT = 'the Ray executor needs Ray: pip install "tfovss[ray]" (the [ray] extra)'
 
 
 def require_ray():
     """``ray``, or a ConfigError naming the extra to install."""
+    # a Ray started here stays on loopback (read by Ray when it is first imported; see
+    # start_local_ray for a Ray imported before)
+    os.environ.setdefault(_LOOPBACK_ENV, "0")
     try:
         import ray
     except ImportError:
@@ -61,12 +65,22 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None,
     """Starts a Ray in this process on loopback only: node address 127.0.0.1, no dashboard, a
     temporary directory, workers importing this driver's code. Returns the ``ray.init`` context."""
     ray = require_ray()
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from ray._private import ray_constants
+
+    # Ray resolves 127.0.0.1 to the machine's network address unless this flag (from
+    # $RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 at import) is off: set it when Ray was imported first
+    os.environ[_LOOPBACK_ENV] = "0"  # inherited by the Ray processes started below
+    ray_constants.ENABLE_RAY_CLUSTER = False
     tmp = temp_dir or tempfile.mkdtemp(prefix="tfovss-ray-")
     path = os.pathsep.join([_code_root()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=tmp,
-                    _node_ip_address="127.0.0.1", log_to_driver=False,
-                    runtime_env={"env_vars": {"PYTHONPATH": path}}, **kwargs)
+    ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=tmp,
+                   _node_ip_address="127.0.0.1", log_to_driver=False,
+                   runtime_env={"env_vars": {"PYTHONPATH": path}}, **kwargs)
+    nodes = {n["NodeManagerAddress"] for n in ray.nodes()}
+    if nodes != {"127.0.0.1"}:  # never serve on the network by accident
+        ray.shutdown()
+        raise ConfigError(f"the local Ray did not bind to loopback (nodes at {sorted(nodes)})")
+    return ctx
 
 
 class _BatchWorker:
@@ -115,6 +129,7 @@ class RayExecutor:
         self.in_flight_per_actor = int(in_flight_per_actor)
         self.local_cpus = local_cpus
         self.actor_pids: list[int] = []     # the actors' processes at start (fault tests, logs)
+        self.batch_pids: list[int] = []     # the process that ran each delivered batch
         self.batches_done = 0
 
     def __repr__(self) -> str:
@@ -151,7 +166,10 @@ class RayExecutor:
         started = self._connect()
         actors: list[Any] = []
         try:
-            spec_ref = ray.put(self._shippable(model))
+            spec = self._shippable(model)
+            # built predictors go through the object store once (held until the job ends: a
+            # restarted actor reads them again); a build spec is small and travels inline
+            spec_ref = spec if spec.build is not None else ray.put(spec)
             Worker = ray.remote(_BatchWorker).options(
                 num_cpus=self.num_cpus_per_actor, num_gpus=self.num_gpus_per_actor,
                 max_restarts=-1, max_task_retries=-1)
@@ -189,11 +207,12 @@ class RayExecutor:
             i = pending.pop(ref)
             load[i] -= 1
             try:
-                _pid, outs = ray.get(ref)
+                pid, outs = ray.get(ref)
             except RayTaskError as exc:   # an error outside the per-item errors: abort, as locally
                 raise exc.as_instanceof_cause() from None
             submit(i)
             self.batches_done += 1
+            self.batch_pids.append(pid)
             yield from outs
 
 

@@ -187,3 +187,34 @@ def test_plugin_commands_come_from_the_entry_point_group(monkeypatch):
     assert cli.main(["broken"]) == 2
     declared = Path(__file__).resolve().parents[2].joinpath("pyproject.toml").read_text()
     assert 'prelabel = "tfovss_fiftyone.cli:add_parser"' in declared
+
+
+@needs_ray
+def test_benchmark_cli_with_ray_stores_the_same_records_and_masks(ray_cluster, tmp_path):
+    import json
+
+    from tfovss_core.cli import benchmark as bench_cli
+    from tfovss_core.eval import benchmark as bm
+
+    if not (DATA / "voc2012").is_dir():
+        pytest.skip("shared VOC sample not found")
+    base = ["--methods", "sclip", "--datasets", "voc21", "--root", str(DATA), "--pretrained",
+            "tiny:seed0", "--limit", "2", "--save-masks", "--no-progress",
+            "--set", "templates=single", "--set", "short_side=64", "--set", "crop=32",
+            "--set", "stride=16"]
+    assert bench_cli.main(base + ["--out", str(tmp_path / "local")]) == 0
+    assert bench_cli.main(base + ["--out", str(tmp_path / "ray"), "--ray",
+                                  "--ray-batch-size", "1"]) == 0
+    js = {k: json.loads((tmp_path / k / "results.json").read_text())["details"]["sclip"]["voc21"]
+          for k in ("local", "ray")}
+    assert js["ray"]["computed"] == js["local"]["computed"] >= 1
+    assert (js["ray"]["mIoU"], js["ray"]["IoU"]) == (js["local"]["mIoU"], js["local"]["IoU"])
+    run = Path(js["local"]["run_dir"]).name
+    for what in ("local", "ray"):
+        assert (tmp_path / what / "runs" / run / "masks").is_dir()
+    records = {k: {i: {f: v for f, v in r.items() if f != "sec"}
+                   for i, r in bm.read_records(tmp_path / k / "runs" / run / "images.jsonl").items()}
+               for k in ("local", "ray")}
+    assert records["ray"] == records["local"] and len(records["local"]) == js["local"]["computed"]
+    for p in sorted((tmp_path / "local" / "runs" / run / "masks").glob("*.png")):
+        assert (tmp_path / "ray" / "runs" / run / "masks" / p.name).read_bytes() == p.read_bytes()

@@ -24,11 +24,17 @@ Ray actors, one model per actor, with the same ``map(model, works) -> outcomes``
   reads when ``address`` is None and the variable is set) joins a cluster. When Ray is already
   initialised in this process it is used as it is and left running.
 
+Why an actor pool and not ``ray.data.Dataset.map_batches``: the job runner already streams
+works and consumes outcomes one by one, and the pool gives exactly what the guarantees need (each
+batch's outcomes delivered once, a dead actor's batch rerun, outcomes as they complete, no Arrow
+conversion of masks) with less start-up; a Ray Data pipeline would add a second scheduler.
+
 Ray is an optional dependency: ``pip install "tfovss[ray]"``.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -42,9 +48,6 @@ RAY_EXTRA_HINT = 'the Ray executor needs Ray: pip install "tfovss[ray]" (the [ra
 
 def require_ray():
     """``ray``, or a ConfigError naming the extra to install."""
-    # a Ray started here stays on loopback (read by Ray when it is first imported; see
-    # start_local_ray for a Ray imported before)
-    os.environ.setdefault(_LOOPBACK_ENV, "0")
     try:
         import ray
     except ImportError:
@@ -67,15 +70,24 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None,
     ray = require_ray()
     from ray._private import ray_constants
 
-    # Ray resolves 127.0.0.1 to the machine's network address unless this flag (from
-    # $RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 at import) is off: set it when Ray was imported first
-    os.environ[_LOOPBACK_ENV] = "0"  # inherited by the Ray processes started below
+    # Ray turns 127.0.0.1 into the machine's network address unless its "no cluster" flag is
+    # on (what $RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 sets when Ray is imported): on for this start
+    # only, so that joining a real cluster later in this process still advertises a real address
+    saved_env, saved_flag = os.environ.get(_LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_LOOPBACK_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     tmp = temp_dir or tempfile.mkdtemp(prefix="tfovss-ray-")
     path = os.pathsep.join([_code_root()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=tmp,
-                   _node_ip_address="127.0.0.1", log_to_driver=False,
-                   runtime_env={"env_vars": {"PYTHONPATH": path}}, **kwargs)
+    try:
+        ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                       _temp_dir=tmp, _node_ip_address="127.0.0.1", log_to_driver=False,
+                       runtime_env={"env_vars": {"PYTHONPATH": path}}, **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_LOOPBACK_ENV, None)
+        else:
+            os.environ[_LOOPBACK_ENV] = saved_env
     nodes = {n["NodeManagerAddress"] for n in ray.nodes()}
     if nodes != {"127.0.0.1"}:  # never serve on the network by accident
         ray.shutdown()
@@ -131,6 +143,7 @@ class RayExecutor:
         self.actor_pids: list[int] = []     # the actors' processes at start (fault tests, logs)
         self.batch_pids: list[int] = []     # the process that ran each delivered batch
         self.batches_done = 0
+        self._temp_dir: str | None = None
 
     def __repr__(self) -> str:
         return (f"RayExecutor(address={self.address!r}, num_actors={self.num_actors}, "
@@ -144,7 +157,8 @@ class RayExecutor:
             return False
         if self.address is None and not os.environ.get("RAY_ADDRESS"):
             cpus = self.local_cpus or max(1, int(-(-self.num_actors * self.num_cpus_per_actor // 1)))
-            start_local_ray(num_cpus=cpus)
+            self._temp_dir = tempfile.mkdtemp(prefix="tfovss-ray-")
+            start_local_ray(num_cpus=cpus, temp_dir=self._temp_dir)
         else:
             ray.init(address=self.address, log_to_driver=False)
         return True
@@ -186,6 +200,9 @@ class RayExecutor:
                     pass
             if started:
                 ray.shutdown()
+                if self._temp_dir:  # the local Ray's session files and logs
+                    shutil.rmtree(self._temp_dir, ignore_errors=True)
+                    self._temp_dir = None
 
     def _stream(self, ray, actors: list, batches: list[list[Work]]) -> Iterator[Outcome]:
         from ray.exceptions import RayTaskError

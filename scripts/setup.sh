@@ -21,7 +21,7 @@ if ! $VPY -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.1
   $VPY -m pip install -q torch==2.13.0
 fi
 $VPY -m pip install -q --no-deps open_clip_torch==3.3.0
-$VPY -m pip install -q -e ".[test]"
+$VPY -m pip install -q -e ".[test,ray]"   # ray: the Ray executor (--ray), tested in CI
 if [ "${TFOVSS_SKIP_FIFTYONE:-0}" != "1" ] && [ -f scripts/setup_fiftyone.sh ]; then
   bash scripts/setup_fiftyone.sh "$VPY"
   bash scripts/setup_labelstudio.sh

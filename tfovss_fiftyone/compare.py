@@ -66,7 +66,8 @@ def compare_methods(samples, methods: Sequence[str], *, classes, field_prefix: s
             before anything is written)
         prelabel_kwargs: the other arguments of :func:`tfovss_fiftyone.prelabel.prelabel_many`
             (``arch``, ``pretrained``, ``model``, ``settings``, ``method_options``,
-            ``overwrite``, ``output_dir``...)
+            ``overwrite``, ``output_dir``, ``executor`` / ``ray_address`` to run the model pass
+            on Ray...)
 
     Returns:
         a :class:`CompareReport`. An evaluation that cannot run (e.g. a vocabulary class the

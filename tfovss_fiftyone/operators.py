@@ -190,6 +190,14 @@ def _add_resume_and_mask_folder(inputs, ds):
                required=True, label="Mask folder",
                description="Masks are written here as PNG files (<field>/<sample id>_"
                            "<settings hash>.png)")
+    # where the model runs: here, or a pool of Ray actors (the labels are written here either way)
+    forms.add_choice(inputs, "execution", ["local", "ray"], default="local", label="Run on",
+                     radio=True, labels={"local": "This process",
+                                         "ray": "Ray cluster at ADDRESS"})
+    inputs.str("ray_address", default="", label="Ray cluster address",
+               description="With 'Ray cluster': e.g. ray://head:10001 or auto; empty starts a "
+                           "local Ray. The mask folder must be shared storage the cluster "
+                           "writes to (needs the [ray] extra)")
 
 
 def _add_delegate_note(inputs, ctx):
@@ -215,7 +223,9 @@ def _run_params(p) -> dict:
                 batch_size=int(p.get("batch_size") or 8),
                 output_dir=forms.path_param(p.get("output_dir")),
                 overwrite=bool(p.get("overwrite")),
-                skip_labelled=p.get("skip_labelled", True) is not False)
+                skip_labelled=p.get("skip_labelled", True) is not False,
+                ray_address=(p.get("ray_address") or "local")
+                if p.get("execution") == "ray" else None)
 
 
 class PrelabelSegmentation(foo.Operator):

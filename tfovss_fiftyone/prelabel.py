@@ -37,6 +37,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -203,7 +204,8 @@ def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
              overwrite: bool = False, skip_labelled: bool = True,
              confidence_field: str | None = None,
              progress: Callable[[int, int, str], None] | None = None,
-             vocabulary_source: str | None = None, masks_in_db: bool = False) -> PrelabelReport:
+             vocabulary_source: str | None = None, masks_in_db: bool = False,
+             executor=None, ray_address: str | None = None) -> PrelabelReport:
     """Segments every sample of ``samples`` into ``label_field`` (see the module docstring).
 
     Args:
@@ -227,6 +229,13 @@ def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
         progress: ``progress(done, total, label)`` after each batch
         masks_in_db: store masks in the database (``Segmentation.mask``) instead of PNG
             files under ``output_dir`` (which is then not used)
+        executor: the job runner's executor (default: this process); e.g.
+            ``tfovss_core.engine.ray_executor.RayExecutor(num_actors=4, num_gpus_per_actor=1)``
+        ray_address: run on Ray instead: ``"local"`` (a Ray on loopback started for the run) or
+            a cluster address (``"auto"``, ``"ray://head:10001"``); the actors write the mask
+            files (``output_dir`` must be storage they share with this process; with
+            ``masks_in_db`` the masks travel back instead), the labels are written here. Same
+            masks, bit for bit, as a local run.
 
     Returns:
         a :class:`PrelabelReport`
@@ -239,7 +248,8 @@ def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
     _run([plan], samples, shared_trunk=False, classes=classes, arch=arch,
          pretrained=pretrained, model=model, settings=settings, device=device,
          batch_size=batch_size, output_dir=output_dir, overwrite=overwrite,
-         skip_labelled=skip_labelled, progress=progress, vocabulary_source=vocabulary_source)
+         skip_labelled=skip_labelled, progress=progress, vocabulary_source=vocabulary_source,
+         executor=_executor(executor, ray_address))
     return plan.report
 
 
@@ -250,8 +260,8 @@ def prelabel_many(samples, fields_by_method: Mapping[str, str], *, classes,
                   output_dir: str | None = None, overwrite: bool = False,
                   skip_labelled: bool = True, confidence_suffix: str | None = None,
                   progress: Callable[[int, int, str], None] | None = None,
-                  vocabulary_source: str | None = None,
-                  masks_in_db: bool = False) -> MultiPrelabelReport:
+                  vocabulary_source: str | None = None, masks_in_db: bool = False,
+                  executor=None, ray_address: str | None = None) -> MultiPrelabelReport:
     """Several methods in one pass: ``{method: field}``, one ``fo.Segmentation`` field each.
 
     The methods run through one :class:`tfovss_core.MultiSegmenter`, which computes the frozen
@@ -269,6 +279,7 @@ def prelabel_many(samples, fields_by_method: Mapping[str, str], *, classes,
             (method names as for :func:`prelabel`, add-ons included)
         method_options: ``{method: {option: value}}`` for the methods that need them
         confidence_suffix: also write each field's confidence heatmap to ``<field><suffix>``
+        executor, ray_address: where the model pass runs, as for :func:`prelabel`
         others: as for :func:`prelabel` (shared by every method)
 
     Returns:
@@ -288,7 +299,32 @@ def prelabel_many(samples, fields_by_method: Mapping[str, str], *, classes,
                 pretrained=pretrained, model=model, settings=settings, device=device,
                 batch_size=batch_size, output_dir=output_dir, overwrite=overwrite,
                 skip_labelled=skip_labelled, progress=progress,
-                vocabulary_source=vocabulary_source)
+                vocabulary_source=vocabulary_source, executor=_executor(executor, ray_address))
+
+
+def _executor(executor, ray_address: str | None):
+    """The job runner's executor: the one given, a Ray executor for ``ray_address``, or None
+    (this process)."""
+    if ray_address is None or executor is not None:
+        if executor is not None and ray_address is not None:
+            raise PrelabelInputError("give an executor or a Ray address, not both")
+        return executor
+    from tfovss_core.engine.ray_executor import executor_from_options
+
+    return executor_from_options(ray_address)
+
+
+def _build_segmenters(arch, pretrained, device, classes, drv: Mapping,
+                      methods: Sequence[tuple[str, str, Mapping]]) -> dict:
+    """The Segmenters of a run, built where the work runs (a Ray actor): the same calls as
+    :func:`_run` makes here, so the same model and settings."""
+    import tfovss_core as tc
+
+    from tfovss_fiftyone.loading import get_clip
+
+    model = get_clip(arch, pretrained, device)
+    return {f: tc.Segmenter(model, method=m, classes=classes, **{**drv, **opts})
+            for f, m, opts in methods}
 
 
 def _options(method_options: Mapping | None) -> dict:
@@ -411,33 +447,89 @@ def _declare_fields(dataset, plans: Sequence[_FieldPlan]) -> None:
     dataset.save()
 
 
+@dataclass(frozen=True)
+class _LabelTarget:
+    """Where and how one field's labels are made (picklable: it travels to Ray actors)."""
+    mask_dir: str        # "" when the masks go to the database
+    hash: str
+    lut: np.ndarray
+    out_dtype: type
+    confidence: bool
+
+
+@dataclass(frozen=True)
+class LabelData:
+    """The small record of one result, what its label stores: the written PNGs' paths or, with
+    masks in the database, the mask (and 8-bit confidence) arrays themselves."""
+    mean_confidence: float
+    mask_path: str | None = None
+    confidence_path: str | None = None
+    mask: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+
+
+def _target(p: _FieldPlan) -> _LabelTarget:
+    return _LabelTarget("" if p.in_db else p.mask_dir, p.hash, p.lut, p.out_dtype,
+                        bool(p.confidence_field))
+
+
+def _label_data(t: _LabelTarget, sid: str, res) -> LabelData:
+    """One result's label data; writes its mask (and confidence) PNGs, each atomically, unless
+    the masks go to the database (the one maker of both the local and the Ray run, so their
+    files are the same bytes)."""
+    mask = t.lut[res.mask.astype(np.int64)].astype(t.out_dtype)
+    conf = res.probs.max(axis=0)
+    conf8 = np.clip(np.rint(conf * 255), 0, 255).astype(np.uint8) if t.confidence else None
+    if not t.mask_dir:
+        return LabelData(float(conf.mean()), mask=mask, confidence=conf8)
+    mpath = os.path.join(t.mask_dir, f"{sid}_{t.hash}.png")
+    _write_png(mask, mpath)
+    cpath = None
+    if conf8 is not None:
+        cpath = os.path.join(t.mask_dir, f"{sid}_{t.hash}_confidence.png")
+        _write_png(conf8, cpath)
+    return LabelData(float(conf.mean()), mask_path=mpath, confidence_path=cpath)
+
+
+class LabelDataMaker:
+    """The run's ``ModelSpec.finish``: in a Ray actor, replaces each result by its
+    :class:`LabelData` (writing the PNGs there), so only masks travel back, never probability
+    maps (a failed write is that field's failure)."""
+
+    def __init__(self, targets: Mapping[str, _LabelTarget]):
+        self.targets = dict(targets)
+
+    def __call__(self, outcome):
+        for f, res in list(outcome.results.items()):
+            try:
+                outcome.results[f] = _label_data(self.targets[f], outcome.item.id, res)
+            except Exception as e:
+                del outcome.results[f]
+                outcome.errors[f] = e
+        return outcome
+
+
 def _labels_of(p: _FieldPlan, sid: str, res, synthetic: bool):
-    """The labels of one result, masks as PNG files or in the database (``p.in_db``):
-    ``(Segmentation, Heatmap or None)``."""
+    """The labels of one result, ``(Segmentation, Heatmap or None)``, masks as PNG files or in
+    the database (``p.in_db``); makes its :class:`LabelData` unless an actor already did."""
     import fiftyone as fo
 
-    mask = p.lut[res.mask.astype(np.int64)].astype(p.out_dtype)
-    conf = res.probs.max(axis=0)
-    attrs = {HASH_ATTR: p.hash, "mean_confidence": float(conf.mean())}
+    data = res if isinstance(res, LabelData) else _label_data(_target(p), sid, res)
+    attrs = {HASH_ATTR: p.hash, "mean_confidence": data.mean_confidence}
     if synthetic:
         attrs["synthetic"] = True
-    conf8 = np.clip(np.rint(conf * 255), 0, 255).astype(np.uint8) if p.confidence_field else None
-    if p.in_db:
-        heatmap = None if conf8 is None else fo.Heatmap(map=conf8, range=[0, 255])
-        return fo.Segmentation(mask=mask, **attrs), heatmap
-    mpath = os.path.join(p.mask_dir, f"{sid}_{p.hash}.png")
-    _write_png(mask, mpath)
-    heatmap = None
-    if conf8 is not None:
-        cpath = os.path.join(p.mask_dir, f"{sid}_{p.hash}_confidence.png")
-        _write_png(conf8, cpath)
-        heatmap = fo.Heatmap(map_path=cpath, range=[0, 255])
-    return fo.Segmentation(mask_path=mpath, **attrs), heatmap
+    if data.mask_path is None:
+        heatmap = (None if data.confidence is None
+                   else fo.Heatmap(map=data.confidence, range=[0, 255]))
+        return fo.Segmentation(mask=data.mask, **attrs), heatmap
+    heatmap = (None if data.confidence_path is None
+               else fo.Heatmap(map_path=data.confidence_path, range=[0, 255]))
+    return fo.Segmentation(mask_path=data.mask_path, **attrs), heatmap
 
 
 def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch, pretrained,
          model, settings, device, batch_size, output_dir, overwrite, skip_labelled, progress,
-         vocabulary_source) -> MultiPrelabelReport:
+         vocabulary_source, executor=None) -> MultiPrelabelReport:
     """The run behind :func:`prelabel` (one plan, a Segmenter) and :func:`prelabel_many`
     (several plans, one MultiSegmenter). Every check happens before the first write."""
     import tfovss_core as tc
@@ -458,6 +550,7 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
     drv = {k: v for k, v in (settings or {}).items() if v is not None}
     if batch_size:
         drv.setdefault("batch_size", int(batch_size))
+    given_model = model is not None
     if model is None:
         model = get_clip(arch, pretrained, device)
     segs = {p.field: tc.Segmenter(model, method=p.method, classes=source.segmenter_classes(),
@@ -495,7 +588,14 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
     batch_n = max(1, int(batch_size or 1))
     sink = _FieldsSink(dataset, plans, synthetic)
     # any error on one sample is that sample's failure (listed in the report); the run goes on
-    passes = ModelPass(ModelSpec(segs, shared_trunk=shared_trunk), item_errors=(Exception,))
+    spec = ModelSpec(segs, shared_trunk=shared_trunk)
+    if executor is not None:  # the actors build the same Segmenters and write the files
+        if not given_model and not isinstance(pretrained, Mapping):
+            spec.build = partial(_build_segmenters, arch, pretrained, device,
+                                 source.segmenter_classes(), drv,
+                                 [(p.field, p.method, p.options) for p in plans])
+        spec.finish = LabelDataMaker({p.field: _target(p) for p in plans})
+    passes = ModelPass(spec, item_errors=(Exception,))
 
     def on_progress(done: int, todo: int) -> None:
         if done % batch_n and done != todo:
@@ -505,7 +605,7 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
             progress(done, todo, f"{done}/{todo} samples")
 
     items = [Item(sid, path) for sid, path in zip(view.values("id"), view.values("filepath"))]
-    JobRunner(passes, [RunRef(p.field, p.hash) for p in plans], sink,
+    JobRunner(passes, [RunRef(p.field, p.hash) for p in plans], sink, executor=executor,
               item_errors=(Exception,), progress=on_progress).run(items)
     seconds = round(time.time() - t0, 3)
     for p in plans:
@@ -566,7 +666,7 @@ class _FieldsSink:
 def _write_png(arr: np.ndarray, path: str) -> None:
     from PIL import Image
 
-    tmp = path + ".tmp.png"
+    tmp = f"{path}.{os.getpid()}.tmp.png"  # per process: a retried batch never shares it
     Image.fromarray(arr).save(tmp)
     os.replace(tmp, path)
 

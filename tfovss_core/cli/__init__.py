@@ -1,4 +1,7 @@
-"""Command line: ``tfovss segment | methods | presets | benchmark``."""
+"""Command line: ``tfovss segment | methods | presets | benchmark``, plus the commands other
+packages register in the ``tfovss.cli_commands`` entry-point group (``tfovss prelabel`` from
+``tfovss_fiftyone``): each entry point is a callable ``register(subparsers)``; the core never
+imports them by name."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +9,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from tfovss_core.cli.ray_options import add_ray_arguments, executor_from_args
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -53,6 +58,7 @@ def cmd_segment(args) -> int:
     try:
         classes = parse_classes(args.classes)
         seg = Segmenter(model, method=args.method, classes=classes, **parse_sets(args.set))
+        executor = executor_from_args(args)
     except TfovssError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -81,7 +87,7 @@ def cmd_segment(args) -> int:
             items.append(item)
     bar = tqdm(total=len(items), desc=f"{seg.method.name}", unit="img", disable=args.quiet)
     JobRunner({seg.method.name: seg}, [RunRef(seg.method.name, "segment")], sink,
-              progress=lambda done, total: bar.update(1)).run(items)
+              executor=executor, progress=lambda done, total: bar.update(1)).run(items)
     bar.close()
     written, failures = sink.written(), sink.failures()
     run = {"tool": "tfovss segment", "synthetic_weights": synthetic, **seg.describe(),
@@ -206,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_ray_arguments(p)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("methods", help="list methods and their options")
@@ -223,7 +230,27 @@ def build_parser() -> argparse.ArgumentParser:
         benchmark = None
     if benchmark is not None and hasattr(benchmark, "add_parser"):
         benchmark.add_parser(sub)
+    add_plugin_commands(sub)
     return parser
+
+
+def add_plugin_commands(sub) -> None:
+    """The commands registered in the ``tfovss.cli_commands`` entry-point group."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="tfovss.cli_commands"):
+        try:
+            register = ep.load()
+        except ImportError as exc:  # its package is broken or half-installed: say so, go on
+            p = sub.add_parser(ep.name, help=f"(unavailable: {exc})")
+            p.set_defaults(func=lambda args, _e=exc, _n=ep.name: _unavailable(_n, _e))
+            continue
+        register(sub)
+
+
+def _unavailable(name: str, exc: BaseException) -> int:
+    print(f"error: `tfovss {name}` is unavailable: {exc}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,6 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "dataset run together and those with the same windows share one pass of "
                         "the frozen blocks per window batch (identical outputs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from tfovss_core.cli.ray_options import add_ray_arguments
+    add_ray_arguments(p)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -154,6 +156,8 @@ def benchmark_source(name: str = "fiftyone"):
 
 
 def run_from_args(args) -> int:
+    from tfovss_core.cli.ray_options import executor_from_args
+
     log = print
     try:
         if args.threads:
@@ -173,7 +177,8 @@ def run_from_args(args) -> int:
                                  device=args.device, overrides=overrides,
                                  save_masks=args.save_masks or args.fiftyone,
                                  recompute=args.recompute, progress=not args.no_progress, log=log,
-                                 shared_trunk=not args.no_shared_trunk)
+                                 shared_trunk=not args.no_shared_trunk,
+                                 executor=executor_from_args(args))
         if weights.synthetic:
             log(f"NOTE: {SYNTHETIC_BANNER}")
         results = runner.run()

@@ -106,10 +106,14 @@ class ModelSpec:
     ``predictors``: built ones (this process), each a :class:`~tfovss_core.Segmenter` or any object
     with ``predict(source)``; or ``build``: a picklable zero-argument callable returning them, for
     executors that build the model where the work runs. ``shared_trunk``: real Segmenters on one
-    model run through a MultiSegmenter (frozen blocks shared where their windows coincide)."""
+    model run through a MultiSegmenter (frozen blocks shared where their windows coincide).
+    ``finish``: a picklable ``Outcome -> Outcome`` that :func:`run_batch` applies where the work
+    runs, e.g. writing the mask files there so that only small records travel back to the
+    driver (the sink must accept what it makes); the :class:`SerialExecutor` does not apply it."""
     predictors: Mapping[str, Any] | None = None
     build: Callable[[], Mapping[str, Any]] | None = None
     shared_trunk: bool = True
+    finish: Callable[["Outcome"], "Outcome"] | None = None
 
     def materialise(self) -> Mapping[str, Any]:
         if self.predictors is None:
@@ -215,9 +219,12 @@ def process(model: ModelPass, work: Work, prepared=None) -> Outcome:
 
 
 def run_batch(model: ModelPass | ModelSpec, works: Sequence[Work]) -> list[Outcome]:
-    """A batch of works through the model pass: the unit a distributed executor ships."""
+    """A batch of works through the model pass: the unit a distributed executor ships. The
+    spec's ``finish`` (if any) is applied to each outcome here, where the work ran."""
     passes = model if isinstance(model, ModelPass) else ModelPass(model)
-    return [process(passes, w) for w in works]
+    outs = [process(passes, w) for w in works]
+    finish = passes.spec.finish
+    return outs if finish is None else [finish(o) for o in outs]
 
 
 class SerialExecutor:

@@ -209,7 +209,7 @@ class BenchmarkRunner:
                  save_masks: bool = False, recompute: bool = False, progress: bool = True,
                  log: Callable[[str], None] = print, model=None,
                  segmenter_factory: Callable[[RunSpec], Any] | None = None,
-                 shared_trunk: bool = True):
+                 shared_trunk: bool = True, executor=None):
         if not methods:
             raise BenchmarkError("no methods given")
         if not importers:
@@ -228,6 +228,7 @@ class BenchmarkRunner:
         self._model = model
         self.segmenter_factory = segmenter_factory
         self.shared_trunk = shared_trunk
+        self.executor = executor  # the job runner's executor (None: this process; or Ray)
         self.trunk_batches = 0   # frozen-trunk window batches computed through shared passes
         self.model_loaded = False
         self.results: list[RunResult] = []
@@ -375,7 +376,8 @@ class BenchmarkRunner:
             items = (Item(sample.id, str(sample.image_path), sample)
                      for sample in imp.samples(limit=self.limit, skip=skip))
             JobRunner(model, [RunRef(r.spec.method, r.spec.key) for r in runs], sink,
-                      item_errors=_SAMPLE_ERRORS, progress=progress).run(items)
+                      item_errors=_SAMPLE_ERRORS, progress=progress,
+                      executor=self.executor).run(items)
         if bar:
             bar.close()
         seconds = time.time() - t0

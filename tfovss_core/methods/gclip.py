@@ -185,6 +185,7 @@ class GCLIP(Method):
 
 CARD = MethodCard(
     method=GCLIP,
+    text_independent=True,
     display_name="GCLIP",
     note=("No official code. ClearCLIP-style protocol assumed (reported as an improvement over ClearCLIP, evaluated "
         "on five datasets without background). GUESS. Class names: the SCLIP-family files (identical to "

@@ -201,6 +201,7 @@ class Unveil(Method):
 
 CARD = MethodCard(
     method=Unveil,
+    text_independent=True,
     display_name="Unveiling CLIP (Liu et al.)",
     note="No official code. SCLIP-style protocol assumed (the paper says TCL protocol on 9 benchmarks). GUESS.",
     protocol=SCLIP_PROTOCOL,

@@ -125,7 +125,8 @@ def prelabel_params(state: dict) -> dict:
               "vocab_source": s["vocab_source"]}
     if s["device"]:
         params["device"] = s["device"]
-    params.update(forms.read_settings(s))       # any other driver setting set on the panel
+    # any other driver setting set on the panel, as the form holds it (read_settings parses it there)
+    params.update({name: s[name] for name, *_ in forms.DRIVER_SETTINGS if s.get(name) not in (None, "")})
     key = {"text": "vocabulary", "preset": "preset", "mask_targets": "vocab_field"}[s["vocab_source"]]
     params[key] = s.get(key)
     return params

@@ -11,6 +11,7 @@ def register(p):
                                            PrelabelSegmentation)
     from tfovss_fiftyone.operators import LoadFromLabelStudio, SendToLabelStudio
     from tfovss_fiftyone.panels import OVSSEvaluationsPanel
+    from tfovss_fiftyone.vocabulary_panel import VocabularyStudioPanel
 
     p.register(PrelabelSegmentation)
     p.register(CompareMethods)
@@ -19,3 +20,4 @@ def register(p):
     p.register(SendToLabelStudio)
     p.register(LoadFromLabelStudio)
     p.register(OVSSEvaluationsPanel)
+    p.register(VocabularyStudioPanel)

@@ -147,7 +147,9 @@ class ModelPass:
         from tfovss_core.engine.segmenter import Segmenter
 
         preds = list(self.predictors.values())
-        return all(isinstance(p, Segmenter) for p in preds) and len({id(p.model) for p in preds}) == 1
+        # a Segmenter with a feature cache predicts through it (no trunk for a cached image)
+        return (all(isinstance(p, Segmenter) and p.feature_cache is None for p in preds)
+                and len({id(p.model) for p in preds}) == 1)
 
     @property
     def labels(self) -> list[str]:

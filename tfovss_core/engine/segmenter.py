@@ -7,6 +7,7 @@ synonym max, area / probability thresholds -> probabilities + mask.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from tfovss_core.spec import presets as _presets
 from tfovss_core.errors import ConfigError, InputError, TfovssError
 from tfovss_core.spec.settings import SETTING_NAMES, Settings, coerce_setting
+from tfovss_core.engine.features import (DenseFeatures, FeatureCache, WindowBatch, feature_key,
+                                         image_digest)
 from tfovss_core.engine.windows import pad_to_multiple, sliding_windows
 from tfovss_core.ops.flops import auto_batch_size, autocast
 from tfovss_core.io.images import CLIP_MEAN, CLIP_STD, image_label, load_image, resize_short_side
@@ -58,6 +61,15 @@ class MaskResult:
 
 
 @dataclass
+class FeatureResult(SegmentationResult):
+    """:meth:`Segmenter.segment`'s output. ``from_features``: True when it was computed from the
+    cached dense features; False when the method's image side reads the text, so a full
+    prediction ran instead."""
+
+    from_features: bool = True
+
+
+@dataclass
 class WindowOutput:
     """Dense outputs of a batch of windows of one image (for inspection and conformance tests)."""
 
@@ -75,10 +87,16 @@ class Segmenter:
     synonyms separated by ``", "``), a list whose items are a name or a list of synonyms, or
     ``{value: name}`` mask targets (:func:`tfovss_core.spec.classes.resolve_classes`). ``settings`` are driver settings (:class:`Settings`) and method options, by name; explicit
     values override the preset's and the method's defaults.
+
+    ``feature_cache``: a :class:`FeatureCache`; with it, :meth:`encode` and :meth:`predict` reuse an
+    image's dense features when the method's image side does not read the text (a new vocabulary
+    then runs no model on a cached image; results are unchanged).
     """
 
-    def __init__(self, model: ClipModel, method: str | Method = "sclip", classes=None, **settings):
+    def __init__(self, model: ClipModel, method: str | Method = "sclip", classes=None, *,
+                 feature_cache: FeatureCache | None = None, **settings):
         self.model = model
+        self.feature_cache = feature_cache
         method_name = method if isinstance(method, str) else method.name
         method_cls = get_method_class(method_name) if isinstance(method, str) else type(method)
         source = resolve_classes(classes, inline_text=False)
@@ -126,6 +144,11 @@ class Segmenter:
     # -- images ------------------------------------------------------------------------------------
     def prepare(self, image, name: str | None = None) -> tuple[np.ndarray, torch.Tensor]:
         """The original RGB array and the normalised, resized network input ``(1, 3, h, w)``."""
+        rgb, resized = self.load_resized(image, name)
+        return rgb, self.network_input(resized)
+
+    def load_resized(self, image, name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The original RGB array and its resized copy (uint8 ``(h, w, 3)``) the windows are cut from."""
         label = image_label(image, name)
         rgb = load_image(image, label)
         s = self.settings
@@ -137,13 +160,17 @@ class Segmenter:
         if min(resized.shape[:2]) < patch:
             raise InputError(f"{label}: image of size {rgb.shape[1]}x{rgb.shape[0]} becomes "
                              f"{resized.shape[1]}x{resized.shape[0]} after resizing, smaller than one patch")
+        return rgb, resized
+
+    def network_input(self, resized: np.ndarray) -> torch.Tensor:
+        """The CLIP-normalised network input ``(1, 3, h, w)`` of a resized uint8 image."""
         x = torch.from_numpy(resized)
         if self.model.device.type == "cuda":  # pinned host memory: an asynchronous copy to the GPU
             x = x.pin_memory()
         x = x.to(self.model.device, non_blocking=True).permute(2, 0, 1).float()
         mean = torch.tensor(CLIP_MEAN, device=x.device).view(3, 1, 1)
         std = torch.tensor(CLIP_STD, device=x.device).view(3, 1, 1)
-        return rgb, ((x - mean) / std).unsqueeze(0)
+        return ((x - mean) / std).unsqueeze(0)
 
     # -- dense logits --------------------------------------------------------------------------------
     def windows(self, x: torch.Tensor, trunk_fn=None) -> Iterator[WindowOutput]:
@@ -152,10 +179,20 @@ class Segmenter:
         ``trunk_fn(crops, request) -> Trunk`` replaces ``run_trunk`` (the shared trunk of
         :mod:`tfovss_core.engine.multi` hands every method the same frozen-block outputs).
         """
+        text = self.text_features
+        for chunk, grid, feats in self.window_features(x, trunk_fn, text=text):
+            yield WindowOutput(boxes=chunk, grid=grid, features=feats, logits=window_logits(feats, text, grid))
+
+    def window_features(self, x: torch.Tensor, trunk_fn=None, text: torch.Tensor | None = None
+                        ) -> Iterator[tuple[list[tuple[int, int, int, int]], tuple[int, int], torch.Tensor]]:
+        """``(boxes, grid, features)`` per batch of windows: the image side, before the text product.
+
+        ``text`` reaches only methods with ``needs_context`` (:class:`WindowContext`); :meth:`encode`
+        passes None, so a method that wrongly declares its image side text-independent fails there.
+        """
         s = self.settings
         _, _, h, w = x.shape
         boxes = sliding_windows(h, w, s.crop, s.stride)
-        text = self.text_features
         request = self.method.trunk_request()
         batch = self.window_batch_size(x, len(boxes))
         amp = autocast(x.device, s.precision)
@@ -173,9 +210,7 @@ class Segmenter:
                 else:
                     feats = self.method.features(trunk)
             feats = F.normalize(feats.float(), dim=-1)
-            gh, gw = self.method.output_grid(trunk, crops)
-            logits = (feats @ text.T).transpose(1, 2).reshape(len(chunk), -1, gh, gw)
-            yield WindowOutput(boxes=chunk, grid=(gh, gw), features=feats, logits=logits)
+            yield chunk, self.method.output_grid(trunk, crops), feats
 
     def window_padding(self, height: int, width: int) -> tuple[int, int, int, int]:
         """Zero padding (left, right, top, bottom) of a window: to the method's ``pad_multiple``
@@ -248,10 +283,105 @@ class Segmenter:
             raise ConfigError(f"output={output!r}: expected 'probs' (probability maps and mask) or 'mask' "
                               "(mask and confidence only)")
         label = image_label(image, name)
+        if self.feature_cache is not None and self.text_independent:
+            return self.segment(self.encode(image, label))
         rgb, x = self.prepare(image, label)
         size = rgb.shape[:2]
         self.check_output_memory(size, x.device, label)
         return self.finish(self.dense_logits(x, size), x, label)
+
+    # -- features: the image side, then any vocabulary -----------------------------------------
+    @property
+    def text_independent(self) -> bool:
+        """Whether the method's image side ignores the text (its features can serve any vocabulary)."""
+        return not self.method.image_side_uses_text()
+
+    def feature_key(self, image_hash: str) -> str:
+        """The cache key of the features of the image of content hash ``image_hash`` under this
+        Segmenter's weights, method, options and image-side settings."""
+        return feature_key(image_hash, self.model.weights_digest, self.method.describe(),
+                           dataclasses.asdict(self.settings), self.model.device.type)
+
+    @torch.inference_mode()
+    def encode(self, image, name: str | None = None) -> DenseFeatures:
+        """The dense features of one image (:class:`DenseFeatures`): the windows through the model,
+        up to the text product. Served from ``feature_cache`` when it holds them.
+
+        For a method whose image side reads the text the features hold only the image
+        (``text_independent`` False): :meth:`segment` then runs a full prediction.
+        """
+        label = image_label(image, name)
+        rgb, resized = self.load_resized(image, label)
+        digest = image_digest(rgb)
+        key = self.feature_key(digest)
+        size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        if not self.text_independent:
+            return DenseFeatures([], resized, size, key, self.method.name, False, label, image_hash=digest,
+                                 source=rgb)
+        if self.feature_cache is not None:
+            cached = self.feature_cache.get(key)
+            if cached is not None:
+                return dataclasses.replace(cached, name=label, image_hash=digest)
+        x = self.network_input(resized)
+        batches = []
+        for boxes, grid, feats in self.window_features(x, text=None):
+            y1, y2, x1, x2 = boxes[0]
+            batches.append(WindowBatch(boxes, grid, self.window_padding(y2 - y1, x2 - x1), feats))
+        features = DenseFeatures(batches, resized, size, key, self.method.name, True, label, image_hash=digest)
+        if self.feature_cache is not None:
+            self.feature_cache.put(features)
+        return features
+
+    @torch.inference_mode()
+    def segment(self, features: DenseFeatures, classes=None) -> FeatureResult:
+        """Mask and probabilities of encoded features for ``classes`` (default: this Segmenter's
+        vocabulary), equal to :meth:`predict` of the same image with the same settings.
+
+        ``classes`` is anything :func:`~tfovss_core.spec.classes.resolve_classes` takes; it replaces
+        the vocabulary only (a preset's settings are not applied: the settings stay these).
+        Raises :class:`ConfigError` when the features were made with other weights, method,
+        options or image-side settings.
+        """
+        seg = self if classes is None else self.with_classes(classes)
+        if not features.text_independent:
+            if features.source is None:
+                raise ConfigError(f"{features.name or 'image'}: features of method {features.method!r} hold no image "
+                                  "to predict from (its image side reads the text)")
+            result = seg.predict_uncached(features.source, features.name)
+            return FeatureResult(**vars(result), from_features=False)
+        if features.image_hash and seg.feature_key(features.image_hash) != features.key:
+            raise ConfigError(f"{features.name or 'image'}: these features were encoded with other weights, method, "
+                              f"options or image-side settings than this Segmenter's ({seg.method.name})")
+        x = seg.network_input(features.resized)
+        seg.check_output_memory(features.image_size, x.device, features.name)
+        text = seg.text_features
+        outputs = []
+        for batch in features.batches:
+            feats = batch.features.to(x.device)
+            outputs.append(WindowOutput(boxes=batch.boxes, grid=batch.grid, features=feats,
+                                        logits=window_logits(feats, text, batch.grid)))
+        result = seg.finish(seg.dense_logits(x, features.image_size, outputs=outputs), x, features.name)
+        return FeatureResult(**vars(result), from_features=True)
+
+    @torch.inference_mode()
+    def predict_uncached(self, image, name: str | None = None) -> SegmentationResult:
+        """:meth:`predict` without the feature cache."""
+        cache, self.feature_cache = self.feature_cache, None
+        try:
+            return self.predict(image, name)
+        finally:
+            self.feature_cache = cache
+
+    def with_classes(self, classes) -> Segmenter:
+        """This Segmenter (same model, method instance, settings, cache) with another vocabulary."""
+        source = resolve_classes(classes, inline_text=False)
+        other = copy.copy(self)
+        other.vocabulary = source.vocabulary(self.method.name)
+        other.class_names = source.class_names(self.method.name)
+        other.preset = None     # the preset's settings were not applied: it no longer describes the run
+        other._text = None
+        other._query_class = torch.tensor(other.vocabulary.query_class, dtype=torch.long)
+        return other
 
     @torch.inference_mode()
     def predict_mask(self, image, name: str | None = None, confidence: str | None = "float32") -> MaskResult:
@@ -380,6 +510,14 @@ def output_memory_budget(device) -> int:
     except OSError:
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+
+
+def window_logits(features: torch.Tensor, text: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """The text product: cosine logits ``(n, Q, gh, gw)`` of unit window features ``(n, gh*gw, D)``
+    with unit query embeddings ``(Q, D)``. The one place it is computed, so that logits from cached
+    features (:meth:`Segmenter.segment`) are bit-identical to a prediction's."""
+    gh, gw = grid
+    return (features @ text.T).transpose(1, 2).reshape(len(features), -1, gh, gw)
 
 
 def guarded(predict, images: Iterable) -> Iterator[tuple[Any, Any]]:

@@ -178,6 +178,12 @@ class Method:
         """
         return trunk.grid
 
+    def image_side_uses_text(self) -> bool:
+        """Whether :meth:`features` reads the text, so its features serve one vocabulary only.
+        Default: unless the card (the host's, for a composed add-on) declares ``text_independent``."""
+        card = type(self).card
+        return not (card is not None and card.text_independent)
+
     def describe(self) -> dict:
         return {"method": self.name, "title": self.info.title, "paper_based": self.info.paper_based,
                 "options": self.option_values()}

@@ -64,6 +64,10 @@ class MethodCard:
     commit: str | None = None
     note: str = ""
     official: bool = True
+    # The method's features do not read the text (no SFR-like use of a temporary segmentation):
+    # encoded features then serve any vocabulary (tfovss_core.engine.features). False is the safe
+    # default: such a method is re-run for every vocabulary.
+    text_independent: bool = False
 
     @property
     def name(self) -> str:

@@ -38,6 +38,7 @@ class ClearCLIP(LastBlockMethod):
 
 CARD = MethodCard(
     method=ClearCLIP,
+    text_independent=True,
     display_name="ClearCLIP",
     repo="mc-lan/ClearCLIP", commit="ad68a40",
     aliases=("clear_clip",),

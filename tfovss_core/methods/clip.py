@@ -30,6 +30,7 @@ class VanillaCLIP(LastBlockMethod):
 
 CARD = MethodCard(
     method=VanillaCLIP,
+    text_independent=True,
     display_name="CLIP (vanilla dense)",
     repo="mc-lan/ClearCLIP", commit="ad68a40",
     note=("No official code of its own: ClearCLIP's framework with model_type='vanilla', ignore_residual=False. "

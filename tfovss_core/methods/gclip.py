@@ -269,6 +269,7 @@ class GCLIP(Method):
 
 CARD = MethodCard(
     method=GCLIP,
+    text_independent=True,
     display_name="GCLIP",
     note=("No official code. ClearCLIP-style protocol: OUR GUESS (the text compares with ClearCLIP and reports "
           "'five standard benchmarks' without naming them or a protocol). Class names: the SCLIP-family files."),

@@ -481,6 +481,7 @@ LHT = _lht_class(SCLIP, ("lht",), "lht")
 
 CARD = MethodCard(
     method=LHT,
+    text_independent=True,
     display_name="LHT-CLIP",
     note=("LHT-CLIP (no public code) is an add-on: 'host+lht' (e.g. 'clearclip+lht', 'resclip+lht', "
           "'sclip+atr+ssr') uses the host's settings with PAMR off. Plain 'lht' uses the SCLIP host (the "

@@ -40,6 +40,7 @@ class MaskCLIP(Method):
 
 CARD = MethodCard(
     method=MaskCLIP,
+    text_independent=True,
     display_name="MaskCLIP",
     repo="mc-lan/ClearCLIP", commit="ad68a40",
     note=("TCL/SCLIP-protocol numbers of MaskCLIP come from ClearCLIP's framework (model_type='MaskCLIP'); these are "

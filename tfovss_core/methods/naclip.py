@@ -67,6 +67,7 @@ class NACLIP(LastBlockMethod):
 
 CARD = MethodCard(
     method=NACLIP,
+    text_independent=True,
     display_name="NACLIP",
     repo="sinahmr/NACLIP", commit="0cac3a6",
     note=("The repo's eval.py keeps the constructor default pamr_steps=10 (dilations 8, 16) unless run with '--pamr "

@@ -167,6 +167,7 @@ class ProxyCLIP(Method):
 
 CARD = MethodCard(
     method=ProxyCLIP,
+    text_independent=True,
     display_name="ProxyCLIP",
     repo=OFFICIAL, commit="e7b767f",
     protocol=PROXYCLIP_PROTOCOL,

@@ -239,6 +239,9 @@ class ResCLIP(Method):
             maps = maps.half()
         return maps.to(dtype)
 
+    def image_side_uses_text(self) -> bool:
+        return bool(self.options.use_sfr)
+
     def features(self, trunk: Trunk, context: WindowContext | None = None) -> torch.Tensor:
         a_rcs = self.rcs_attention(trunk)
         sfr = None
@@ -252,6 +255,9 @@ class ResCLIP(Method):
 
 CARD = MethodCard(
     method=ResCLIP,
+    # SFR segments each window with the text inside the forward pass; without SFR
+    # (use_sfr=False, as under LHT-CLIP) the features ignore the text: image_side_uses_text.
+    text_independent=False,
     display_name="ResCLIP",
     repo="yvhangyang/ResCLIP", commit="0e085f7",
     note=("Final PAMR is off; SFR runs its own hard-coded PAMR(10, dilations (8, 16)) on a temporary map "

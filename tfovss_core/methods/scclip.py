@@ -100,6 +100,7 @@ class SCCLIP(Method):
 
 CARD = MethodCard(
     method=SCCLIP,
+    text_independent=True,
     display_name="SC-CLIP",
     repo="SuleBai/SC-CLIP", commit="0417ba9",
     aliases=("sc_clip",),

@@ -37,6 +37,7 @@ class SCLIP(LastBlockMethod):
 
 CARD = MethodCard(
     method=SCLIP,
+    text_independent=True,
     display_name="SCLIP",
     repo="wangf3014/SCLIP", commit="b56bd30",
     protocol=SCLIP_PROTOCOL,

@@ -228,6 +228,7 @@ class Unveil(Method):
 
 CARD = MethodCard(
     method=Unveil,
+    text_independent=True,
     display_name="Unveiling CLIP (Liu et al.)",
     note=("No official code. Protocol: SCLIP's (336 / 224 / 112, logit scale 40), OUR CHOICE: the text says only "
           "that it follows 'the evaluation protocol, as introduced in TCL' on 9 benchmarks, and its Table 1 "

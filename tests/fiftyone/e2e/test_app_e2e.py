@@ -184,6 +184,24 @@ def _open_evaluations_panel(page, *eval_keys):
     time.sleep(3)
 
 
+def _choose_compared_run(page, key):
+    """Picks ``key`` in the panel's "Compare with" dropdown (showing "(none)"). The panel's data
+    arrive after its first render: on a loaded machine the dropdown can take a while, so it
+    refreshes the panel once before giving up, and fails with what the panel showed."""
+    none = page.get_by_text("(none)", exact=True).first
+    for attempt in range(2):
+        try:
+            none.wait_for(timeout=45000)
+            break
+        except Exception:
+            if attempt:
+                text = page.locator("body").inner_text()[-3000:]
+                raise AssertionError(f"the panel shows no 'Compare with' dropdown; it shows:\n{text}")
+            page.get_by_role("button", name="Refresh").first.click()
+    none.click()
+    page.get_by_role("option", name=key).first.click()
+
+
 def test_app_prelabel_field_and_panel(fo, playwright_sync, app_server, app_dataset):
     ds = app_dataset
     shot = _Shots()
@@ -233,8 +251,7 @@ def test_app_prelabel_field_and_panel(fo, playwright_sync, app_server, app_datas
         _open_evaluations_panel(page, "eval_app", "eval_shifted")
         shot(page, "05-panel.png")
         # compare the two runs: per-class IoU bars side by side, deltas
-        page.get_by_text("(none)", exact=True).first.click()
-        page.get_by_role("option", name="eval_app").first.click()
+        _choose_compared_run(page, "eval_app")
         page.get_by_text("IoU % (compared)", exact=True).first.wait_for()
         time.sleep(3)
         shot(page, "06-panel-compare.png")

@@ -274,10 +274,14 @@ class OVSSEvaluationConfig(SegmentationEvaluationConfig):
             looked up when the run is registered)
         class_map: ``{predicted name: evaluated name or None}`` for predicted names the
             evaluated classes do not have
+        effort: for an evaluation of a pre-label against its annotators' correction (made by
+            :func:`tfovss_fiftyone.labelstudio.load_corrections`), the correction-effort
+            figures (pixels changed, share kept, per class kept / union pixels); else ``None``
     """
 
     def __init__(self, pred_field, gt_field, classes=None, ignore_index=255, background="class",
-                 compute_sample_miou=True, prelabel=None, class_map=None, **kwargs):
+                 compute_sample_miou=True, prelabel=None, class_map=None, effort=None,
+                 **kwargs):
         kwargs.pop("compute_dice", None)
         super().__init__(pred_field, gt_field, compute_dice=False, **kwargs)
         if background not in BACKGROUND_MODES:
@@ -292,6 +296,7 @@ class OVSSEvaluationConfig(SegmentationEvaluationConfig):
         self.prelabel = prelabel
         self.class_map = {str(k): (None if v is None or not str(v).strip() else str(v))
                           for k, v in (class_map or {}).items()}
+        self.effort = dict(effort) if effort else None
 
     @property
     def method(self):
@@ -546,7 +551,8 @@ def _pct(v, digits) -> str:
 def run_evaluation(samples, pred_field: str, gt_field: str, eval_key: str, classes=None,
                    ignore_index: int = 255, background: str = "class",
                    compute_sample_miou: bool = True, *, class_map: Mapping | None = None,
-                   overwrite: bool = False, progress=None) -> OVSSEvaluationResults:
+                   overwrite: bool = False, progress=None,
+                   effort: Mapping | None = None) -> OVSSEvaluationResults:
     """Evaluates ``pred_field`` against ``gt_field`` on ``samples`` MMSeg-style; stores the run.
 
     The input is checked here (with messages naming the field or class), then the evaluation
@@ -565,6 +571,8 @@ def run_evaluation(samples, pred_field: str, gt_field: str, eval_key: str, class
             ``mask_targets`` name classes differently (``None``/``""``: counted as wrong)
         overwrite: replace an existing evaluation with the same key (else an error)
         progress: ``None`` or a callable ``progress(done, total)``
+        effort: correction-effort figures kept in the run's config (``config.effort``) when
+            ``gt_field`` is the annotators' correction of ``pred_field``
 
     Returns:
         an :class:`OVSSEvaluationResults` (also ``dataset.load_evaluation_results(eval_key)``)
@@ -603,10 +611,11 @@ def run_evaluation(samples, pred_field: str, gt_field: str, eval_key: str, class
     config = OVSSEvaluationConfig(pred_field, gt_field, classes=sorted(table.items()),
                                   ignore_index=ignore_index, background=background,
                                   compute_sample_miou=bool(compute_sample_miou),
-                                  class_map=class_map)
+                                  class_map=class_map, effort=effort)
     complete_config(samples, config)  # before an existing run is deleted
     config_kwargs = {k: getattr(config, k) for k in (
-        "classes", "ignore_index", "background", "compute_sample_miou", "prelabel", "class_map")}
+        "classes", "ignore_index", "background", "compute_sample_miou", "prelabel", "class_map",
+        "effort")}
     if existing:
         # FiftyOne would only overwrite a run with the same fields; a replaced run may differ
         dataset.delete_evaluation(eval_key)

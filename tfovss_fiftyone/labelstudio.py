@@ -31,6 +31,10 @@ Rules (also in ``docs/labelstudio.md``):
   later regions on top). Unlabelled pixels become ``background_value`` or ``ignore_value``.
   Only reviewed tasks are loaded unless ``include_unreviewed=True`` (then the others carry their
   pre-label, marked ``reviewed=False``).
+* The correction effort is stored as an MMSeg-exact evaluation of the dataset (key
+  ``<out_field>_effort`` by default): the pre-label scored as prediction against the corrected
+  field as ground truth, on the reviewed samples, with the effort figures in the run's config
+  (``config.effort``). The "OVSS evaluations" panel lists it like any other run.
 * Every check and every download happens before the first write: a failure leaves the dataset as
   it was. API keys never appear in errors, logs or run info.
 """
@@ -53,7 +57,8 @@ logger = logging.getLogger(__name__)
 API_KEY_ENV = "LABEL_STUDIO_API_KEY"
 URL_ENV = "LABEL_STUDIO_URL"
 RUN_PREFIX = "tfovss_labelstudio_"
-EFFORT_RUN_PREFIX = "tfovss_labelstudio_effort_"
+#: the correction-effort evaluation of ``load_corrections(..., out_field)`` is ``out_field + this``
+EFFORT_KEY_SUFFIX = "_effort"
 #: names inside the labelling config and the task data
 FROM_NAME = "label"
 TO_NAME = "image"
@@ -660,6 +665,8 @@ class LoadReport:
     pixels_compared: int = 0
     share_kept: float | None = None     # pixels whose class the annotators kept / compared
     mIoU: float | None = None           # pre-label vs corrected, over classes present in either
+    effort_key: str | None = None       # the evaluation that stores the effort (None: none
+    #                                     reviewed, nothing to compare)
     per_class: dict = field(default_factory=dict)    # {name: {iou, pre_pixels, ...}}
     per_sample: dict = field(default_factory=dict)   # {sample id: {task_id, reviewed, ...}}
     seconds: float = 0.0
@@ -731,6 +738,7 @@ def load_corrections(samples, label_field: str, out_field: str, *, url: str | No
                      background_value: int = 0, ignore_value: int = 255,
                      include_unreviewed: bool = False, skip_missing: bool = False,
                      overwrite: bool = False, output_dir: str | None = None,
+                     effort_key: str | None = None,
                      progress: Callable[[int, int, str], None] | None = None) -> LoadReport:
     """Loads the submitted annotations of the tasks :func:`send_for_review` made for
     ``label_field`` into ``out_field`` (same ``mask_targets``), with the correction effort.
@@ -747,11 +755,17 @@ def load_corrections(samples, label_field: str, out_field: str, *, url: str | No
         skip_missing: skip tasks whose sample was deleted from the dataset (else an error)
         overwrite: replace ``out_field`` if it exists
         output_dir: write the masks as PNG files there (default: in the database)
+        effort_key: key of the correction-effort evaluation (default ``<out_field>_effort``):
+            ``label_field`` scored against ``out_field`` on the reviewed samples by
+            :func:`tfovss_fiftyone.evaluation.run_evaluation`, the effort figures in its
+            ``config.effort``, per-sample ``<effort_key>_miou`` / ``<effort_key>_acc`` (the
+            share kept); ``overwrite`` also replaces it
 
     Returns:
-        a :class:`LoadReport`; the effort is also on each label (``pixels_changed``,
-        ``share_kept``, ``iou_vs_prelabel``) and in the run ``tfovss_labelstudio_effort_<out>``
+        a :class:`LoadReport` (``effort_key`` set when the evaluation was stored); the effort is
+        also on each label (``pixels_changed``, ``share_kept``, ``iou_vs_prelabel``)
     """
+    from tfovss_fiftyone.evaluation import run_evaluation
     import fiftyone as fo
 
     t0 = time.time()
@@ -780,6 +794,8 @@ def load_corrections(samples, label_field: str, out_field: str, *, url: str | No
     if unlabelled == "background" and fill not in names:
         raise LabelStudioError(f"background value {fill} is not a class of '{label_field}'")
     dtype = np.uint8 if max(list(names) + [fill]) <= 255 else np.uint16
+    effort_key = out_field + EFFORT_KEY_SUFFIX if effort_key is None else effort_key
+    _check_effort_key(dataset, effort_key, overwrite)
     values = {n: v for v, n in names.items()}
     info = sent_run_info(dataset, label_field)
     pid = int(info["project_id"])
@@ -901,9 +917,38 @@ def load_corrections(samples, label_field: str, out_field: str, *, url: str | No
     dataset.save()
     if labels:
         dataset.set_values(out_field, labels, key_field="id")
+    reviewed_ids = [sid for sid, (_, row) in out_labels.items()
+                    if row["reviewed"] and "pixels_changed" in row]
+    if reviewed_ids:
+        run_evaluation(dataset.select(reviewed_ids), label_field, out_field, effort_key,
+                       ignore_index=fill if unlabelled == "ignore" else None,
+                       background="class", overwrite=True,
+                       effort=_effort_info(report, unlabelled, fill, client.url))
+        report.effort_key = effort_key
+    elif effort_key in dataset.list_evaluations():
+        # the field was replaced (overwrite) and nothing in it is reviewed: a stale effort
+        # evaluation would describe masks that are gone
+        dataset.delete_evaluation(effort_key)
     report.seconds = round(time.time() - t0, 3)
-    _store_effort_run(dataset, report, unlabelled, fill, client.url)
     return report
+
+
+def _check_effort_key(dataset, key: str, overwrite: bool) -> None:
+    """The effort evaluation's key is usable: a valid name, not taken (unless ``overwrite``),
+    its per-sample fields not taken by something that is not that evaluation."""
+    if not key or not _FIELD_RE.match(key):
+        raise LabelStudioError(f"effort evaluation key {key!r} must start with a letter and "
+                               "contain only letters, digits and _")
+    existing = key in dataset.list_evaluations()
+    if existing and not overwrite:
+        raise LabelStudioError(f"an evaluation with key '{key}' exists; choose another effort "
+                               "key or allow overwriting")
+    if not existing:
+        schema = dataset.get_field_schema()
+        taken = [f for f in (f"{key}_miou", f"{key}_acc") if f in schema]
+        if taken:
+            raise LabelStudioError(f"sample field(s) {taken} exist and belong to no evaluation; "
+                                   "choose another effort key")
 
 
 def _result_shape(result, what: str) -> tuple[int, int]:
@@ -913,18 +958,16 @@ def _result_shape(result, what: str) -> tuple[int, int]:
     raise LabelStudioError(f"{what}: no pre-label and no region to tell the image size")
 
 
-def _store_effort_run(dataset, report: LoadReport, unlabelled: str, fill: int,
-                      url: str) -> None:
-    import fiftyone.core.runs as fors
-
+def _effort_info(report: LoadReport, unlabelled: str, fill: int, url: str) -> dict:
+    """What the effort evaluation keeps in its config: the totals and per-class figures of
+    ``report`` and how the corrections were read (per-sample numbers are on the labels and in
+    the evaluation's per-sample fields)."""
     d = report.to_dict()
-    d["per_sample"] = {sid: {k: v for k, v in row.items() if k != "per_class"}
-                       for sid, row in d["per_sample"].items()}
-    config = fors.RunConfig(label_field=report.label_field, out_field=report.out_field,
-                            url=url, project_id=report.project_id, unlabelled=unlabelled,
-                            fill_value=fill, effort=d)
-    dataset.register_run(EFFORT_RUN_PREFIX + report.out_field, config, overwrite=True,
-                         cleanup=False)
+    d.pop("per_sample")
+    for volatile in ("effort_key", "seconds"):
+        d.pop(volatile)
+    d.update(url=url, unlabelled=unlabelled, fill_value=fill)
+    return d
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ backbone, settings, fields, mIoU, pixel accuracy), per-class IoU bars of a run (
 IoU), two runs side by side with per-class deltas, the run's confusion (row-normalised heatmap
 and its top-k confused class pairs), the run's settings in full, buttons that open the
 pre-label / compare / evaluation / export operators, and one that loads the worst samples of a
-run as a view."""
+run as a view. A correction-effort run (the pre-label scored against what annotators made of it
+in Label Studio) is one of these runs; its row also says how much of the pre-label was kept."""
 from __future__ import annotations
 
 import json
@@ -68,6 +69,7 @@ def evaluation_rows(dataset) -> list[dict]:
             miou, aacc, macc = summary.get("mIoU"), summary.get("aAcc"), summary.get("mAcc")
         else:  # FiftyOne's own segmentation evaluation: mIoU from its confusion matrix
             miou, aacc, macc = _metrics_from_cm(res)
+        effort = getattr(cfg, "effort", None) or {}
         rows.append({
             "eval_key": key,
             "method": pre.get("method") or ("fiftyone:" + str(getattr(cfg, "method", ""))
@@ -80,8 +82,22 @@ def evaluation_rows(dataset) -> list[dict]:
             "fields": f"{cfg.pred_field} vs {cfg.gt_field}",
             "mIoU": _pct(miou), "aAcc": _pct(aacc), "mAcc": _pct(macc),
             "when": str(getattr(info, "timestamp", ""))[:19],
+            # a pre-label scored against its annotators' correction (Label Studio round trip)
+            "kept": _pct(effort.get("share_kept")) if effort else None,
+            "pixels_changed": effort.get("pixels_changed") if effort else None,
+            "effort": _effort_summary(effort),
         })
     return rows
+
+
+def _effort_summary(effort: dict) -> str:
+    """One line for the runs table: how much of the pre-label the annotators kept."""
+    if not effort:
+        return ""
+    kept = _pct(effort.get("share_kept"))
+    return (f"kept {'-' if kept is None else kept} %, {effort.get('pixels_changed', 0):,} of "
+            f"{effort.get('pixels_compared', 0):,} px changed, "
+            f"{effort.get('num_reviewed', 0)} reviewed")
 
 
 def _short_settings(settings: dict) -> str:
@@ -202,8 +218,10 @@ def run_settings_markdown(dataset, key) -> str:
     if not pre:
         bench = ((dataset.info or {}).get("tfovss_runs") or {}).get(key)
         pre = bench or "not made by the tfovss pre-label (no settings stored)"
-    text = json.dumps({"evaluation": scored, "predictions": pre}, indent=2, sort_keys=True,
-                      default=str)
+    shown = {"evaluation": scored, "predictions": pre}
+    if getattr(cfg, "effort", None):
+        shown["correction_effort"] = cfg.effort
+    text = json.dumps(shown, indent=2, sort_keys=True, default=str)
     return f"**Settings of `{key}`**\n\n```json\n{text}\n```"
 
 
@@ -357,7 +375,8 @@ class OVSSEvaluationsPanel(foo.Panel):
         table = types.TableView()
         for col, label in (("eval_key", "Eval key"), ("mIoU", "mIoU %"), ("aAcc", "aAcc %"),
                            ("mAcc", "mAcc %"), ("method", "Method"), ("backbone", "Backbone"),
-                           ("settings", "Settings"), ("fields", "Fields"), ("when", "When")):
+                           ("settings", "Settings"), ("fields", "Fields"),
+                           ("effort", "Correction effort"), ("when", "When")):
             table.add_column(col, label=label)
         panel.list("runs", types.Object(), view=table, label="Runs")
         pick = panel.h_stack("pick", align_x="left", gap=2)

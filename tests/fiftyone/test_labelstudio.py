@@ -190,6 +190,8 @@ def prelabelled(fo, data_dir, tmp_path_factory):
 def snapshot(ds):
     ds.reload()
     runs = {k: ds.get_run_info(k).config.serialize() for k in ds.list_runs()}
+    runs.update({f"eval:{k}": ds.get_evaluation_info(k).config.serialize()
+                 for k in ds.list_evaluations()})
     return (sorted(ds.get_field_schema()), json.dumps(ds.mask_targets, sort_keys=True,
                                                       default=str),
             json.dumps(runs, sort_keys=True, default=str), ds.values("id"))
@@ -248,6 +250,9 @@ def test_send_then_load_unedited_is_identical(ls_env, prelabelled):
     assert len(ds.exists("nothing_yet")) == 0
     out = load_corrections(ds, "pre", "unreviewed", include_unreviewed=True)
     assert out.num_loaded == 3 and out.num_reviewed == 0
+    # nothing reviewed: no correction effort to store
+    assert out.effort_key is None
+    assert not {"nothing_yet_effort", "unreviewed_effort"} & set(ds.list_evaluations())
     ds.reload()
     assert ds.values("unreviewed.reviewed") == [False] * 3
     assert all(np.array_equal(m, pre[sid]) for sid, m in masks_of(ds, "unreviewed").items())
@@ -266,6 +271,13 @@ def test_send_then_load_unedited_is_identical(ls_env, prelabelled):
         assert m.dtype == pre[sid].dtype and np.array_equal(m, pre[sid])
     assert ds.values("corrected.reviewed") == [True] * 3
     assert ds.values("corrected.share_kept") == [1.0] * 3
+    # the effort evaluation of an untouched pre-label: everything kept
+    from tfovss_fiftyone.panels import evaluation_rows
+
+    assert out.effort_key == "corrected_effort"
+    row = {r["eval_key"]: r for r in evaluation_rows(ds)}["corrected_effort"]
+    assert (row["mIoU"], row["aAcc"], row["kept"], row["pixels_changed"]) == \
+        (100.0, 100.0, 100.0, 0)
 
 
 @needs_core
@@ -323,8 +335,49 @@ def test_annotator_edit_changes_exactly_those_pixels(ls_env, prelabelled):
         sum((pre[s] == erased).sum() for s in pre if s != sid) + (expected == erased).sum())
     label = ds[sid].edited
     assert label.pixels_changed == int(changed.sum()) and label.reviewed is True
-    eff = ds.get_run_info("tfovss_labelstudio_effort_edited").config.effort
-    assert eff["pixels_changed"] == int(changed.sum())
+
+    # the effort is an evaluation of the dataset: pre-label vs correction as ground truth,
+    # listed by the "OVSS evaluations" panel with the mIoU and per-class IoU of a hand count
+    from tfovss_fiftyone.labelstudio import LabelStudioError
+    from tfovss_fiftyone.panels import evaluation_rows, per_class_rows, run_settings_markdown
+
+    assert out.effort_key == "edited_effort" and "edited_effort" in ds.list_evaluations()
+    cfg = ds.get_evaluation_info("edited_effort").config
+    assert (cfg.pred_field, cfg.gt_field, cfg.method) == ("pre", "edited", "tfovss")
+    assert cfg.effort["pixels_changed"] == int(changed.sum())
+    assert cfg.effort["pixels_compared"] == total and cfg.effort["num_reviewed"] == 3
+    assert cfg.effort["per_class"][names[erased]]["kept_pixels"] == \
+        out.per_class[names[erased]]["kept_pixels"]
+    all_pre = np.concatenate([pre[s].ravel() for s in pre])
+    all_cor = np.concatenate([(expected if s == sid else pre[s]).ravel() for s in pre])
+    hand_iou = {}
+    for v, n in names.items():
+        union = ((all_pre == v) | (all_cor == v)).sum()
+        if union:
+            hand_iou[n] = ((all_pre == v) & (all_cor == v)).sum() / union
+    hand_miou = float(np.mean(list(hand_iou.values())))
+    assert hand_iou[names[erased]] < 1 and out.mIoU == pytest.approx(hand_miou, abs=1e-12)
+    row = {r["eval_key"]: r for r in evaluation_rows(ds)}["edited_effort"]
+    assert row["mIoU"] == round(100 * hand_miou, 2) < 100
+    assert row["aAcc"] == row["kept"] == round(100 * (1 - changed.sum() / total), 2)
+    assert row["pixels_changed"] == int(changed.sum())
+    assert row["method"] == "sclip" and row["fields"] == "pre vs edited"
+    assert f"{int(changed.sum()):,} of {total:,} px changed" in row["effort"]
+    panel_iou = {c["name"]: c["iou"] for c in per_class_rows(ds, "edited_effort")}
+    for n, iou in hand_iou.items():
+        assert panel_iou[n] == pytest.approx(iou, abs=1e-12), n
+    assert '"correction_effort"' in run_settings_markdown(ds, "edited_effort")
+    # per sample: <key>_acc is the share kept
+    ds.reload()
+    assert ds[sid].edited_effort_acc == pytest.approx(1 - changed.mean(), abs=1e-12)
+    assert sorted(ds.values("edited_effort_acc"))[1:] == [1.0, 1.0]
+    # the key taken, or not a name: an error before anything is written
+    before = snapshot(ds)
+    with pytest.raises(LabelStudioError, match="evaluation with key 'edited_effort' exists"):
+        load_corrections(ds, "pre", "edited_again", effort_key="edited_effort")
+    with pytest.raises(LabelStudioError, match="effort evaluation key '1x'"):
+        load_corrections(ds, "pre", "edited_again", effort_key="1x")
+    assert snapshot(ds) == before
 
     # unlabelled -> ignore: the erased pixels become 255 and are left out of the effort
     out = load_corrections(ds, "pre", "edited_ignore", unlabelled="ignore")
@@ -336,6 +389,13 @@ def test_annotator_edit_changes_exactly_those_pixels(ls_env, prelabelled):
     valid = exp_ignore != 255
     assert out.per_sample[sid]["pixels_compared"] == int(valid.sum())
     assert out.per_sample[sid]["pixels_changed"] == int((valid & (exp_ignore != mask)).sum())
+    # ... and out of the effort evaluation (255 is its ignore index)
+    res = ds.load_evaluation_results("edited_ignore_effort")
+    assert res.config.ignore_index == 255
+    compared = total - int((~valid).sum())
+    assert res.aAcc == pytest.approx(1 - (valid & (exp_ignore != mask)).sum() / compared,
+                                     abs=1e-12)
+    assert res.aAcc == pytest.approx(out.share_kept, abs=1e-12)
 
 
 @needs_core

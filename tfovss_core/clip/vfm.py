@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -229,6 +230,10 @@ class VisionFoundationModel:
         self._clip_mean = torch.tensor(CLIP_MEAN_UNIT, device=device).view(1, 3, 1, 1)
         self._mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+        self.forwards = 0       # batches of windows run through the model (tests, bench)
+        self.hits = 0           # batches served from the shared latest batch (share_batches)
+        self._share_depth = 0
+        self._last: tuple | None = None     # (key, windows, (features, grid)) of the latest batch
 
     @property
     def name(self) -> str:
@@ -252,8 +257,41 @@ class VisionFoundationModel:
         return (x * self._clip_std + self._clip_mean - self._mean) / self._std
 
     def patch_features(self, clip_images: torch.Tensor, kind: str = "tokens") -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patch features ``(N, gh*gw, C)`` (CLS dropped, not normalised) of CLIP-normalised windows."""
-        return self.module.forward_features(self.input_from_clip(clip_images), kind)
+        """Patch features ``(N, gh*gw, C)`` (CLS dropped, not normalised) of CLIP-normalised windows.
+
+        Inside :meth:`share_batches` a call with the same windows (equal tensors), the same
+        ``kind`` and the same autocast state as the previous one returns the previous result
+        instead of running the model again: the same kernels on the same input would give the
+        same bits, so methods that share a batch of windows share one forward.
+        """
+        key = None
+        if self._share_depth:
+            dev = clip_images.device.type
+            key = (kind, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+            last = self._last
+            if last is not None and last[0] == key and last[1].shape == clip_images.shape \
+                    and last[1].device == clip_images.device and torch.equal(last[1], clip_images):
+                self.hits += 1
+                return last[2]
+        out = self.module.forward_features(self.input_from_clip(clip_images), kind)
+        self.forwards += 1
+        if key is not None:
+            self._last = (key, clip_images, out)
+        return out
+
+    @contextmanager
+    def share_batches(self):
+        """While open, repeated :meth:`patch_features` calls on the same batch of windows run the
+        model once (the latest batch is held; released when the outermost context closes).
+        :class:`~tfovss_core.engine.multi.MultiSegmenter` opens it around a group of methods
+        that see the same windows and use this VFM."""
+        self._share_depth += 1
+        try:
+            yield self
+        finally:
+            self._share_depth -= 1
+            if not self._share_depth:
+                self._last = None
 
     def describe(self) -> dict:
         return {"name": self.name, "family": self.spec.family, "weights": self.label, "patch_size": self.patch,

@@ -14,6 +14,12 @@ trunk is the same kernels on the same batch, and each method's windows, merging 
 post-processing are its own Segmenter's code (``tests/test_speed_paths.py`` checks this exactly).
 Methods must not modify trunk tensors in place (none does).
 
+A second frozen backbone is shared the same way: a method that runs one per batch of windows
+(ProxyCLIP's DINO) lists it in ``extra_backbones()``; the model itself is loaded once per process
+(:func:`tfovss_core.clip.vfm.load_vfm` caches it), and while a group runs, each such model used by
+two or more of its methods memoises its latest batch (``share_batches()``), so it runs once per
+batch of windows, not once per method, with the same bits.
+
 Text is shared too: the per-query embedding cache of the model's text encoder means a query that
 several methods use (same templates) is encoded once, and only once across runs (disk cache).
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from contextlib import ExitStack
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -89,6 +96,16 @@ def _window_key(seg: Segmenter, x: torch.Tensor):
     y1, y2, x1, x2 = boxes[0]
     pad = seg.window_padding(y2 - y1, x2 - x1)
     return boxes, tuple(pad), seg.window_batch_size(x, len(boxes)), s.precision
+
+
+def _shared_extra_backbones(segs: Sequence[Segmenter]) -> list:
+    """The second backbones (``method.extra_backbones()``) that two or more of ``segs`` use."""
+    users: dict[int, list] = {}
+    for seg in segs:
+        extras = getattr(seg.method, "extra_backbones", None)
+        for model in (extras() if extras is not None else ()):
+            users.setdefault(id(model), []).append(model)
+    return [models[0] for models in users.values() if len(models) > 1]
 
 
 def _prepare_key(seg: Segmenter):
@@ -209,9 +226,12 @@ class MultiSegmenter:
                 seg.text_features  # noqa: B018  (encode the text before the window loop)
             shared = SharedTrunk(self.model.visual, self.shared_request(group))
             outputs: list[list[WindowOutput]] = [[] for _ in segs]
-            for outs in zip(*(seg.windows(x, trunk_fn=shared) for seg in segs), strict=True):
-                for kept, out in zip(outputs, outs):
-                    kept.append(_light(out))
+            with ExitStack() as stack:
+                for extra in _shared_extra_backbones(segs):
+                    stack.enter_context(extra.share_batches())
+                for outs in zip(*(seg.windows(x, trunk_fn=shared) for seg in segs), strict=True):
+                    for kept, out in zip(outputs, outs):
+                        kept.append(_light(out))
             shared.clear()
             self.trunk_runs += shared.runs
             for g, seg, outs in zip(group, segs, outputs):

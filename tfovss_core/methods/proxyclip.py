@@ -110,6 +110,12 @@ class ProxyCLIP(Method):
         if o.gamma <= 0:
             raise ConfigError(f"proxyclip: gamma must be > 0, got {o.gamma}")
 
+    def extra_backbones(self) -> list[VisionFoundationModel]:
+        """The frozen models this method runs per batch of windows besides CLIP (each with a
+        ``share_batches()`` context): a MultiSegmenter opens it so that methods on the same
+        windows run each of them once per batch."""
+        return [self.vfm]
+
     def output_grid(self, trunk, images: torch.Tensor) -> tuple[int, int]:
         return self.vfm.grid_for(images.shape[-2], images.shape[-1])
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from support.images import random_image
 from support.paths import REPO_ROOT, SHARED
+from tfovss_core.clip.synthetic import tiny_clip
 
 # Text embeddings are cached on disk; keep the tests' cache inside the checkout (gitignored) so
 # repeated local runs are fast and CI starts clean.
@@ -19,3 +21,16 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared material not found at {SHARED} (set TFOVSS_SHARED)")
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random CLIP (3 blocks, seed 0), built once per test module. Modules that need another
+    depth or seed define their own ``tiny``, which takes precedence over this one."""
+    return tiny_clip(seed=0)
+
+
+@pytest.fixture(scope="module")
+def image():
+    """A 100x140 noise image (seed 0); modules that need another size define their own ``image``."""
+    return random_image(0, 100, 140)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import tfovss_core as tc
+from support.images import random_image
 from support.paths import GOLDEN
 from tfovss_core.spec import presets
 from tfovss_core.clip.backbone import TrunkRequest
@@ -39,7 +40,7 @@ def families():
 
 @pytest.fixture(scope="module")
 def image():
-    return np.random.default_rng(1).integers(0, 256, size=(70, 90, 3), dtype=np.uint8)
+    return random_image(1, 70, 90)
 
 
 # ------------------------------------------------------------------------------- hand-computed
@@ -326,7 +327,8 @@ ALL_NAMES = sorted(set(list_methods(include_composed=True)) | set(COMPONENT_NAME
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_every_method_on_every_backbone_family(families, image, name, depth):
     if depth == 3 and name in list_methods(include_composed=True):
-        pytest.skip("depth 3 is covered by tests/test_core.py")
+        pytest.skip("depth 3 is covered by tests/engine/test_segmenter.py::"
+                    "test_every_method_batched_equals_single_and_is_deterministic")
     model = families[depth]
     kw = dict(short_side=64, crop=48, stride=32, templates=["a photo of a {}."])
     if name == "proxyclip":  # its VFM's weights are never downloaded: random ones here

@@ -3,6 +3,8 @@ import them by name instead of from a conftest."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,24 @@ def tiny():
 def image():
     """A 100x140 noise image (seed 0); modules that need another size define their own ``image``."""
     return random_image(0, 100, 140)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray on loopback with 2 CPUs in a temp dir, for every test module that needs one
+    (or the Ray already running, left running); stopped and its dir removed at the end."""
+    ray = pytest.importorskip("ray", reason='ray is not installed (pip install "tfovss[ray]")')
+    from tfovss_core.engine.ray_executor import start_local_ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    tmp = tempfile.mkdtemp(prefix="tfovss-ray-")
+    start_local_ray(num_cpus=2, temp_dir=tmp)
+    try:
+        assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
+        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)

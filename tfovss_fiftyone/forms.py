@@ -26,6 +26,69 @@ DRIVER_SETTINGS = (
 )
 
 
+def operator_form(ctx, label: str, build) -> types.Property:
+    """An operator's form titled ``label``: the target (dataset, current view or selected samples)
+    is resolved first, then ``build(inputs, ctx)`` adds the inputs (it may stop after an error)."""
+    inputs = types.Object()
+    ctx.target_view()
+    build(inputs, ctx)
+    return types.Property(inputs, view=types.View(label=label))
+
+
+#: how each kind of :func:`result_view` row is shown
+_RESULT_KINDS = {
+    "str": lambda outputs, name, label: outputs.str(name, label=label),
+    "int": lambda outputs, name, label: outputs.int(name, label=label),
+    "float": lambda outputs, name, label: outputs.float(name, label=label),
+    # a list of strings renders as one-line chips that cut long messages: Markdown for those
+    "markdown": lambda outputs, name, label: outputs.str(name, label=label,
+                                                         view=types.MarkdownView()),
+    "strings": lambda outputs, name, label: outputs.list(name, types.String(), label=label),
+}
+
+
+def result_view(label: str, rows, outputs=None) -> types.Property:
+    """An operator's result titled ``label``: after what ``outputs`` already shows, one read-only
+    output per ``(name, kind, label)`` row, kind one of "str", "int", "float", "markdown" and
+    "strings" (a list of strings)."""
+    outputs = types.Object() if outputs is None else outputs
+    for name, kind, row_label in rows:
+        _RESULT_KINDS[kind](outputs, name, row_label)
+    return types.Property(outputs, view=types.View(label=label))
+
+
+def add_checkbox(inputs, name: str, label: str, *, default: bool = False, description=None):
+    return inputs.bool(name, default=default, label=label, description=description,
+                       view=types.CheckboxView())
+
+
+def add_overwrite(inputs, warning_name: str, message: str, label: str, *,
+                  name: str = "overwrite"):
+    """Something the run would replace exists: says so (``message``) and offers the checkbox
+    ``name`` that allows replacing it (off by default)."""
+    warning(inputs, warning_name, message)
+    add_checkbox(inputs, name, label)
+
+
+def choose_one(ctx, inputs, name: str, choices, label: str, *, missing: str,
+               missing_name: str = "no_fields"):
+    """Offers ``choices`` as the dropdown ``name`` (the first by default) and returns the chosen
+    one; with no choices, shows ``missing`` as the error ``missing_name`` and returns None (the
+    form stops there)."""
+    choices = list(choices)
+    if not choices:
+        error(inputs, missing_name, missing)
+        return None
+    add_choice(inputs, name, choices, default=choices[0], label=label)
+    return ctx.params.get(name) or choices[0]
+
+
+def get_segmentation_field(ctx, inputs, missing: str, *, name: str = "label_field",
+                           label: str = "Field"):
+    """:func:`choose_one` of the dataset's Segmentation fields."""
+    return choose_one(ctx, inputs, name, segmentation_fields(ctx.dataset), label, missing=missing)
+
+
 def segmentation_fields(dataset) -> list[str]:
     import fiftyone as fo
 
@@ -74,8 +137,7 @@ def add_addon_choices(inputs, addons: list[dict]) -> None:
     """One checkbox per add-on name the method's host accepts (none for a method without add-ons)."""
     for addon in addons:
         for n in (addon["name"], *addon["components"]):
-            inputs.bool(ADDON_PREFIX + n, default=False, label=f"{addon['title']} add-on: {n.upper()}",
-                        view=types.CheckboxView())
+            add_checkbox(inputs, ADDON_PREFIX + n, f"{addon['title']} add-on: {n.upper()}")
 
 
 def composed_method(method: str, params, addons: list[dict]) -> str:
@@ -118,8 +180,7 @@ def add_method_options(inputs, options: list[dict]) -> None:
             add_choice(inputs, name, choices, default=str(default) if default is not None
                        else None, label=label, description=doc, required=False)
         elif "bool" in typ:
-            inputs.bool(name, default=bool(default), label=label, description=doc,
-                        view=types.CheckboxView())
+            add_checkbox(inputs, name, label, default=bool(default), description=doc)
         elif "int" in typ and "float" not in typ and "tuple" not in typ:
             inputs.int(name, default=default, label=label, description=doc, required=False)
         elif "float" in typ:

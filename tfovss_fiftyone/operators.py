@@ -175,16 +175,19 @@ def _check_output_fields(inputs, ds, fields, prop_name):
     if existing:
         what = (f"Field '{existing[0]}' exists" if len(existing) == 1 else
                 "Fields " + ", ".join(f"'{f}'" for f in existing) + " exist")
-        forms.warning(inputs, "exists_warning",
-                      f"{what}. Samples already labelled with the same settings are skipped; "
-                      "labels made otherwise are only replaced if you allow overwriting.")
-        inputs.bool("overwrite", default=False, label="Overwrite existing labels and "
-                    "mask files", view=types.CheckboxView())
+        forms.add_overwrite(inputs, "exists_warning",
+                            f"{what}. Samples already labelled with the same settings are "
+                            "skipped; labels made otherwise are only replaced if you allow "
+                            "overwriting.", "Overwrite existing labels and mask files")
+
+
+def _add_skip_labelled(inputs):
+    forms.add_checkbox(inputs, "skip_labelled", "Skip samples already labelled with the same "
+                       "settings (resume)", default=True)
 
 
 def _add_resume_and_mask_folder(inputs, ds):
-    inputs.bool("skip_labelled", default=True, label="Skip samples already labelled with "
-                "the same settings (resume)", view=types.CheckboxView())
+    _add_skip_labelled(inputs)
     from tfovss_fiftyone.prelabel import default_output_dir
     inputs.str("output_dir", default=default_output_dir(ds) if ds is not None else None,
                required=True, label="Mask folder",
@@ -228,6 +231,52 @@ def _run_params(p) -> dict:
                 if p.get("execution") == "ray" else None)
 
 
+def _prelabel_form(inputs, ctx) -> None:
+    """The pre-label form: method and its options, backbone, vocabulary, settings, output."""
+    params = ctx.params
+    ds = ctx.dataset
+    core = _core()
+
+    # -- method -------------------------------------------------------------------------
+    methods = core.list_methods()
+    forms.add_choice(inputs, "method", methods, default="sclip" if "sclip" in methods
+                     else methods[0], label="Method",
+                     description="Training-free OVSS method")
+    method = params.get("method") or ("sclip" if "sclip" in methods else methods[0])
+    forms.add_addon_choices(inputs, _method_info(method).get("addons", []))
+    full = _full_method(params)
+    info = _method_info(full)
+    if info.get("options"):
+        inputs.view("options_header", types.Header(label=f"{full} options", divider=True))
+        forms.add_method_options(inputs, info["options"])
+
+    _add_backbone(inputs)
+    _add_vocabulary(inputs, ds, params)
+    _add_settings(inputs)
+
+    # -- output -------------------------------------------------------------------------
+    inputs.view("output_header", types.Header(label="Output", divider=True))
+    default_field = f"ovss_{method}"
+    inputs.str("label_field", default=default_field, required=True, label="Output field")
+    field = params.get("label_field") or default_field
+    _check_output_fields(inputs, ds, [field], "label_field")
+    # the same choice as apply_model: PNG files (mask_path) or the database (mask)
+    forms.add_choice(inputs, "mask_storage", ["files", "database"], default="files",
+                     label="Store masks", radio=True,
+                     labels={"files": "As PNG files in a mask folder (mask_path)",
+                             "database": "In the database (mask): no files, larger DB"})
+    if params.get("mask_storage") == "database":
+        _add_skip_labelled(inputs)
+    else:
+        _add_resume_and_mask_folder(inputs, ds)
+    forms.add_checkbox(inputs, "confidence", "Also store the per-pixel confidence as a "
+                       "heatmap field")
+    if params.get("confidence"):
+        inputs.str("confidence_field", default=f"{field}_confidence", required=True,
+                   label="Confidence field")
+    _add_delegate_note(inputs, ctx)
+
+
 class PrelabelSegmentation(foo.Operator):
     @property
     def config(self):
@@ -240,53 +289,8 @@ class PrelabelSegmentation(foo.Operator):
         return _execution_options(ctx, DELEGATE_ABOVE)
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        ctx.target_view()  # offers dataset / current view / selected samples
-        params = ctx.params
-        ds = ctx.dataset
-        core = _core()
-
-        # -- method -------------------------------------------------------------------------
-        methods = core.list_methods()
-        forms.add_choice(inputs, "method", methods, default="sclip" if "sclip" in methods
-                         else methods[0], label="Method",
-                         description="Training-free OVSS method")
-        method = params.get("method") or ("sclip" if "sclip" in methods else methods[0])
-        forms.add_addon_choices(inputs, _method_info(method).get("addons", []))
-        full = _full_method(params)
-        info = _method_info(full)
-        if info.get("options"):
-            inputs.view("options_header", types.Header(label=f"{full} options", divider=True))
-            forms.add_method_options(inputs, info["options"])
-
-        _add_backbone(inputs)
-        _add_vocabulary(inputs, ds, params)
-        _add_settings(inputs)
-
-        # -- output -------------------------------------------------------------------------
-        inputs.view("output_header", types.Header(label="Output", divider=True))
-        default_field = f"ovss_{method}"
-        inputs.str("label_field", default=default_field, required=True, label="Output field")
-        field = params.get("label_field") or default_field
-        _check_output_fields(inputs, ds, [field], "label_field")
-        # the same choice as apply_model: PNG files (mask_path) or the database (mask)
-        forms.add_choice(inputs, "mask_storage", ["files", "database"], default="files",
-                         label="Store masks", radio=True,
-                         labels={"files": "As PNG files in a mask folder (mask_path)",
-                                 "database": "In the database (mask): no files, larger DB"})
-        if params.get("mask_storage") == "database":
-            inputs.bool("skip_labelled", default=True, label="Skip samples already labelled "
-                        "with the same settings (resume)", view=types.CheckboxView())
-        else:
-            _add_resume_and_mask_folder(inputs, ds)
-        inputs.bool("confidence", default=False, label="Also store the per-pixel confidence "
-                    "as a heatmap field", view=types.CheckboxView())
-        if params.get("confidence"):
-            inputs.str("confidence_field", default=f"{field}_confidence", required=True,
-                       label="Confidence field")
-        _add_delegate_note(inputs, ctx)
-        return types.Property(inputs, view=types.View(label="Pre-label with open-vocabulary "
-                                                             "segmentation"))
+        return forms.operator_form(ctx, "Pre-label with open-vocabulary segmentation",
+                                   _prelabel_form)
 
     def execute(self, ctx):
         from tfovss_fiftyone.prelabel import PrelabelInputError, prelabel
@@ -318,16 +322,14 @@ class PrelabelSegmentation(foo.Operator):
         return out
 
     def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.str("field", label="Field")
-        outputs.int("num_labelled", label="Samples labelled")
-        outputs.int("num_skipped", label="Skipped (already labelled, same settings)")
-        outputs.int("num_failed", label="Failed")
-        # a list of strings renders as one-line chips that cut long messages: Markdown instead
-        outputs.str("failures_text", label="Failures", view=types.MarkdownView())
-        outputs.str("mask_dir", label="Mask folder")
-        outputs.str("settings_hash", label="Settings hash")
-        return types.Property(outputs, view=types.View(label="Pre-label finished"))
+        return forms.result_view("Pre-label finished", (
+            ("field", "str", "Field"),
+            ("num_labelled", "int", "Samples labelled"),
+            ("num_skipped", "int", "Skipped (already labelled, same settings)"),
+            ("num_failed", "int", "Failed"),
+            ("failures_text", "markdown", "Failures"),
+            ("mask_dir", "str", "Mask folder"),
+            ("settings_hash", "str", "Settings hash")))
 
 
 def failures_markdown(failures) -> str:
@@ -364,14 +366,13 @@ def _evaluation_form(inputs, ctx) -> None:
     inputs.str("eval_key", default=key_default, required=True, label="Evaluation key")
     key = params.get("eval_key") or key_default
     if ds is not None and key in ds.list_evaluations():
-        forms.warning(inputs, "key_exists", f"Evaluation '{key}' exists.")
-        inputs.bool("overwrite", default=False, label="Replace it", view=types.CheckboxView())
+        forms.add_overwrite(inputs, "key_exists", f"Evaluation '{key}' exists.", "Replace it")
     _add_eval_protocol(inputs)
     inputs.str("classes", default=None, required=False, label="Classes (optional)",
                description="Comma-separated subset of the ground truth's class names; "
                            "empty: all classes of its mask_targets")
-    inputs.bool("compute_sample_miou", default=True, label="Write per-sample mIoU "
-                "(<key>_miou) to sort the worst samples", view=types.CheckboxView())
+    forms.add_checkbox(inputs, "compute_sample_miou", "Write per-sample mIoU (<key>_miou) to "
+                       "sort the worst samples", default=True)
     if ds is not None and gt in fields:
         _classes_note(inputs, ds, gt, pred, params)
 
@@ -449,10 +450,7 @@ class EvaluateSegmentations(foo.Operator):
         return _execution_options(ctx, 500)
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        ctx.target_view()
-        _evaluation_form(inputs, ctx)
-        return types.Property(inputs, view=types.View(label="Evaluate segmentations"))
+        return forms.operator_form(ctx, "Evaluate segmentations", _evaluation_form)
 
     def execute(self, ctx):
         from tfovss_fiftyone.evaluation import EvaluationInputError, run_evaluation
@@ -467,14 +465,69 @@ class EvaluateSegmentations(foo.Operator):
         return _evaluation_result(args["eval_key"], res)
 
     def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.str("eval_key", label="Evaluation key")
-        outputs.float("mIoU", label="mIoU (%)")
-        outputs.float("aAcc", label="Pixel accuracy aAcc (%)")
-        outputs.float("mAcc", label="Mean class accuracy mAcc (%)")
-        outputs.int("num_evaluated", label="Samples evaluated")
-        outputs.list("per_class", types.String(), label="Per class")
-        return types.Property(outputs, view=types.View(label="Evaluation finished"))
+        return forms.result_view("Evaluation finished", (
+            ("eval_key", "str", "Evaluation key"),
+            ("mIoU", "float", "mIoU (%)"),
+            ("aAcc", "float", "Pixel accuracy aAcc (%)"),
+            ("mAcc", "float", "Mean class accuracy mAcc (%)"),
+            ("num_evaluated", "int", "Samples evaluated"),
+            ("per_class", "strings", "Per class")))
+
+
+def _compare_form(inputs, ctx) -> None:
+    """The compare form: methods, backbone, vocabulary, settings, output, evaluation."""
+    from tfovss_fiftyone.compare import method_field
+
+    params = ctx.params
+    ds = ctx.dataset
+
+    # -- methods ------------------------------------------------------------------------
+    methods = _core().list_methods()
+    default = [m for m in COMPARE_DEFAULT if m in methods] or methods[:2]
+    forms.add_multi_choice(
+        inputs, "methods", methods, default=default, label="Methods",
+        description="Methods that see the same windows share the frozen CLIP blocks "
+                    "(computed once per batch of windows); each keeps its default options")
+    chosen = _chosen_methods(params, default)
+    if not chosen:
+        forms.invalid(inputs, "methods", "Pick at least one method")
+
+    _add_backbone(inputs)
+    _add_vocabulary(inputs, ds, params)
+    _add_settings(inputs)
+    if params.get("vocab_source") == "preset":
+        forms.notice(inputs, "trunk_note", "With a preset each method gets its official "
+                     "window settings; methods whose windows differ do not share the "
+                     "trunk. Set short side, window size and stride to share it.")
+
+    # -- output -------------------------------------------------------------------------
+    inputs.view("output_header", types.Header(label="Output", divider=True))
+    inputs.str("field_prefix", default="ovss_", required=False, label="Field prefix",
+               description="Each method writes the field <prefix><method>")
+    fields = [method_field(params.get("field_prefix") or "ovss_", m) for m in chosen]
+    if fields:
+        forms.notice(inputs, "fields_note", "Fields: " + ", ".join(fields))
+    _check_output_fields(inputs, ds, fields, "field_prefix")
+    _add_resume_and_mask_folder(inputs, ds)
+
+    # -- evaluation ---------------------------------------------------------------------
+    inputs.view("eval_header", types.Header(label="Evaluation", divider=True))
+    gts = [f for f in forms.segmentation_fields(ds) if f not in fields]
+    gt_guess = next((f for f in gts if "ground" in f or f in ("gt", "labels")), _NO_GT)
+    forms.add_choice(inputs, "gt_field", [_NO_GT] + gts, default=gt_guess,
+                     label="Ground truth (optional)",
+                     description="Evaluate every method's field against it (mIoU); the "
+                                 "OVSS evaluations panel then compares them")
+    if _gt_param(params.get("gt_field", gt_guess)):
+        inputs.str("eval_prefix", default="eval_", required=False,
+                   label="Evaluation key prefix", description="Keys are <prefix><field>")
+        keys = [(params.get("eval_prefix") or "eval_") + f for f in fields]
+        existing = [k for k in keys if ds is not None and k in ds.list_evaluations()]
+        if existing:
+            forms.add_overwrite(inputs, "evals_exist", "Evaluations " + ", ".join(existing)
+                                + " exist.", "Replace them", name="overwrite_evaluations")
+        _add_eval_protocol(inputs)
+    _add_delegate_note(inputs, ctx)
 
 
 class CompareMethods(foo.Operator):
@@ -489,63 +542,7 @@ class CompareMethods(foo.Operator):
         return _execution_options(ctx, DELEGATE_ABOVE)
 
     def resolve_input(self, ctx):
-        from tfovss_fiftyone.compare import method_field
-
-        inputs = types.Object()
-        ctx.target_view()
-        params = ctx.params
-        ds = ctx.dataset
-
-        # -- methods ------------------------------------------------------------------------
-        methods = _core().list_methods()
-        default = [m for m in COMPARE_DEFAULT if m in methods] or methods[:2]
-        forms.add_multi_choice(
-            inputs, "methods", methods, default=default, label="Methods",
-            description="Methods that see the same windows share the frozen CLIP blocks "
-                        "(computed once per batch of windows); each keeps its default options")
-        chosen = _chosen_methods(params, default)
-        if not chosen:
-            forms.invalid(inputs, "methods", "Pick at least one method")
-
-        _add_backbone(inputs)
-        _add_vocabulary(inputs, ds, params)
-        _add_settings(inputs)
-        if params.get("vocab_source") == "preset":
-            forms.notice(inputs, "trunk_note", "With a preset each method gets its official "
-                         "window settings; methods whose windows differ do not share the "
-                         "trunk. Set short side, window size and stride to share it.")
-
-        # -- output -------------------------------------------------------------------------
-        inputs.view("output_header", types.Header(label="Output", divider=True))
-        inputs.str("field_prefix", default="ovss_", required=False, label="Field prefix",
-                   description="Each method writes the field <prefix><method>")
-        fields = [method_field(params.get("field_prefix") or "ovss_", m) for m in chosen]
-        if fields:
-            forms.notice(inputs, "fields_note", "Fields: " + ", ".join(fields))
-        _check_output_fields(inputs, ds, fields, "field_prefix")
-        _add_resume_and_mask_folder(inputs, ds)
-
-        # -- evaluation ---------------------------------------------------------------------
-        inputs.view("eval_header", types.Header(label="Evaluation", divider=True))
-        gts = [f for f in forms.segmentation_fields(ds) if f not in fields]
-        gt_guess = next((f for f in gts if "ground" in f or f in ("gt", "labels")), _NO_GT)
-        forms.add_choice(inputs, "gt_field", [_NO_GT] + gts, default=gt_guess,
-                         label="Ground truth (optional)",
-                         description="Evaluate every method's field against it (mIoU); the "
-                                     "OVSS evaluations panel then compares them")
-        if _gt_param(params.get("gt_field", gt_guess)):
-            inputs.str("eval_prefix", default="eval_", required=False,
-                       label="Evaluation key prefix", description="Keys are <prefix><field>")
-            keys = [(params.get("eval_prefix") or "eval_") + f for f in fields]
-            existing = [k for k in keys if ds is not None and k in ds.list_evaluations()]
-            if existing:
-                forms.warning(inputs, "evals_exist", "Evaluations " + ", ".join(existing) +
-                              " exist.")
-                inputs.bool("overwrite_evaluations", default=False, label="Replace them",
-                            view=types.CheckboxView())
-            _add_eval_protocol(inputs)
-        _add_delegate_note(inputs, ctx)
-        return types.Property(inputs, view=types.View(label="Compare OVSS methods"))
+        return forms.operator_form(ctx, "Compare OVSS methods", _compare_form)
 
     def execute(self, ctx):
         from tfovss_fiftyone.compare import compare_methods
@@ -601,10 +598,10 @@ class CompareMethods(foo.Operator):
             if row.get("error"):
                 forms.warning(outputs, f"not_evaluated_{n}", f"{row['method']} "
                               f"({row['field']}) not evaluated: {row['error']}")
-        outputs.int("trunk_runs", label="Shared trunk passes (batches of windows)")
+        rows = [("trunk_runs", "int", "Shared trunk passes (batches of windows)")]
         if results.get("failures"):
-            outputs.list("failures", types.String(), label="Failures")
-        return types.Property(outputs, view=types.View(label="Comparison finished"))
+            rows.append(("failures", "strings", "Failures"))
+        return forms.result_view("Comparison finished", rows, outputs)
 
 
 def _chosen_methods(params, default) -> list[str]:
@@ -635,12 +632,10 @@ def _export_form(inputs, ctx) -> None:
 
     ds = ctx.dataset
     params = ctx.params
-    fields = forms.segmentation_fields(ds)
-    if not fields:
-        forms.error(inputs, "no_fields", "The dataset has no Segmentation field to export")
+    field = forms.get_segmentation_field(ctx, inputs,
+                                         "The dataset has no Segmentation field to export")
+    if field is None:
         return
-    forms.add_choice(inputs, "label_field", fields, default=fields[0], label="Field")
-    field = params.get("label_field") or fields[0]
     default_path = os.path.join(fo.config.default_dataset_dir, "tfovss_export", ds.name,
                                 f"{field}_coco.json")
     inputs.str("labels_path", default=default_path, required=True, label="COCO JSON path")
@@ -655,12 +650,11 @@ def _export_form(inputs, ctx) -> None:
                      label="Annotations", radio=True,
                      labels={"class": "One per class per image",
                              "component": "One per connected region"})
-    inputs.bool("include_background", default=False, label="Export value 0 (background) "
-                "as a category too", view=types.CheckboxView())
+    forms.add_checkbox(inputs, "include_background", "Export value 0 (background) as a "
+                       "category too")
     path = params.get("labels_path") or default_path
     if os.path.exists(path):
-        forms.warning(inputs, "path_exists", f"'{path}' exists.")
-        inputs.bool("overwrite", default=False, label="Overwrite it", view=types.CheckboxView())
+        forms.add_overwrite(inputs, "path_exists", f"'{path}' exists.", "Overwrite it")
     if not ((ds.mask_targets or {}).get(field) or ds.default_mask_targets):
         forms.error(inputs, "no_targets", f"'{field}' has no mask_targets: set its class "
                     "names first")
@@ -684,10 +678,7 @@ class ExportCocoMasks(foo.Operator):
             "pycocotools")
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        ctx.target_view()
-        _export_form(inputs, ctx)
-        return types.Property(inputs, view=types.View(label="Export COCO masks"))
+        return forms.operator_form(ctx, "Export COCO masks", _export_form)
 
     def execute(self, ctx):
         from tfovss_fiftyone.export import ExportInputError, export_coco_masks
@@ -699,12 +690,11 @@ class ExportCocoMasks(foo.Operator):
             _fail(f"Export not written: {e}")
 
     def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.str("labels_path", label="Written")
-        outputs.int("num_images", label="Images")
-        outputs.int("num_annotations", label="Annotations")
-        outputs.int("num_categories", label="Categories")
-        return types.Property(outputs, view=types.View(label="COCO export finished"))
+        return forms.result_view("COCO export finished", (
+            ("labels_path", "str", "Written"),
+            ("num_images", "int", "Images"),
+            ("num_annotations", "int", "Annotations"),
+            ("num_categories", "int", "Categories")))
 
 
 # -- Label Studio round trip (tfovss_fiftyone.labelstudio) ------------------------------------------
@@ -727,6 +717,29 @@ def _labelstudio_key(ctx):
     return ctx.secrets.get(API_KEY_ENV) or None  # None: the library reads the environment
 
 
+def _send_form(inputs, ctx) -> None:
+    """The send form: field, connection, project, how Label Studio gets the images."""
+    from tfovss_fiftyone.labelstudio import IMAGE_ROUTES
+
+    ds = ctx.dataset
+    field = forms.get_segmentation_field(ctx, inputs,
+                                         "The dataset has no Segmentation field to send")
+    if field is None:
+        return
+    _labelstudio_connection(inputs, ctx)
+    inputs.str("project", default=f"tfovss {ds.name} {field}", required=True,
+               label="Project title", description="Created if no project has this title")
+    forms.add_choice(inputs, "image_route", list(IMAGE_ROUTES), default="upload",
+                     label="Images", radio=True,
+                     labels={"upload": "Upload them to Label Studio",
+                             "local-files": "Label Studio serves them from its local-files "
+                                            "document root"})
+    if ctx.params.get("image_route") == "local-files":
+        inputs.str("document_root", required=True, label="Document root",
+                   description="The server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+    inputs.int("batch_size", default=20, min=1, label="Tasks per request")
+
+
 class SendToLabelStudio(foo.Operator):
     @property
     def config(self):
@@ -737,30 +750,7 @@ class SendToLabelStudio(foo.Operator):
         return cfg
 
     def resolve_input(self, ctx):
-        from tfovss_fiftyone.labelstudio import IMAGE_ROUTES
-
-        inputs = types.Object()
-        ctx.target_view()
-        ds = ctx.dataset
-        fields = forms.segmentation_fields(ds)
-        if not fields:
-            forms.error(inputs, "no_fields", "The dataset has no Segmentation field to send")
-            return types.Property(inputs, view=types.View(label="Send to Label Studio"))
-        forms.add_choice(inputs, "label_field", fields, default=fields[0], label="Field")
-        _labelstudio_connection(inputs, ctx)
-        field = ctx.params.get("label_field") or fields[0]
-        inputs.str("project", default=f"tfovss {ds.name} {field}", required=True,
-                   label="Project title", description="Created if no project has this title")
-        forms.add_choice(inputs, "image_route", list(IMAGE_ROUTES), default="upload",
-                         label="Images", radio=True,
-                         labels={"upload": "Upload them to Label Studio",
-                                 "local-files": "Label Studio serves them from its local-files "
-                                                "document root"})
-        if ctx.params.get("image_route") == "local-files":
-            inputs.str("document_root", required=True, label="Document root",
-                       description="The server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
-        inputs.int("batch_size", default=20, min=1, label="Tasks per request")
-        return types.Property(inputs, view=types.View(label="Send to Label Studio"))
+        return forms.operator_form(ctx, "Send to Label Studio", _send_form)
 
     def execute(self, ctx):
         from tfovss_fiftyone.labelstudio import LabelStudioError, send_for_review
@@ -780,14 +770,40 @@ class SendToLabelStudio(foo.Operator):
         return out
 
     def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.str("project_title", label="Project")
-        outputs.int("project_id", label="Project id")
-        outputs.int("num_created", label="Tasks created")
-        outputs.int("num_updated", label="Tasks updated")
-        outputs.int("num_unlabelled", label="Samples without a label (not sent)")
-        outputs.str("model_version", label="Model version (settings hash)")
-        return types.Property(outputs, view=types.View(label="Sent to Label Studio"))
+        return forms.result_view("Sent to Label Studio", (
+            ("project_title", "str", "Project"),
+            ("project_id", "int", "Project id"),
+            ("num_created", "int", "Tasks created"),
+            ("num_updated", "int", "Tasks updated"),
+            ("num_unlabelled", "int", "Samples without a label (not sent)"),
+            ("model_version", "str", "Model version (settings hash)")))
+
+
+def _load_form(inputs, ctx) -> None:
+    """The load form: a sent field, output field, connection, unlabelled pixels."""
+    from tfovss_fiftyone.labelstudio import RUN_PREFIX, UNLABELLED
+
+    ds = ctx.dataset
+    sent = [k[len(RUN_PREFIX):] for k in (ds.list_runs() if ds is not None else [])
+            if k.startswith(RUN_PREFIX) and not k.startswith(RUN_PREFIX + "effort_")]
+    field = forms.choose_one(ctx, inputs, "label_field", sent, "Sent field",
+                             missing="No field of this dataset was sent to Label Studio",
+                             missing_name="none_sent")
+    if field is None:
+        return
+    inputs.str("out_field", default=f"{field}_corrected", required=True,
+               label="Output field")
+    _labelstudio_connection(inputs, ctx)
+    forms.add_choice(inputs, "unlabelled", list(UNLABELLED), default="background",
+                     label="Pixels no region covers", radio=True)
+    if ctx.params.get("unlabelled") == "ignore":
+        inputs.int("ignore_value", default=255, label="Ignore value")
+    forms.add_checkbox(inputs, "include_unreviewed", "Also load tasks nobody submitted yet "
+                       "(their pre-label)")
+    forms.add_checkbox(inputs, "skip_missing", "Skip tasks of deleted samples")
+    out = ctx.params.get("out_field") or f"{field}_corrected"
+    if ds is not None and out in ds.get_field_schema():
+        forms.add_checkbox(inputs, "overwrite", f"Replace '{out}'")
 
 
 class LoadFromLabelStudio(foo.Operator):
@@ -799,34 +815,7 @@ class LoadFromLabelStudio(foo.Operator):
             "measure how much of the pre-label the annotators kept")
 
     def resolve_input(self, ctx):
-        from tfovss_fiftyone.labelstudio import RUN_PREFIX, UNLABELLED
-
-        inputs = types.Object()
-        ctx.target_view()
-        ds = ctx.dataset
-        sent = [k[len(RUN_PREFIX):] for k in (ds.list_runs() if ds is not None else [])
-                if k.startswith(RUN_PREFIX) and not k.startswith(RUN_PREFIX + "effort_")]
-        if not sent:
-            forms.error(inputs, "none_sent", "No field of this dataset was sent to Label Studio")
-            return types.Property(inputs, view=types.View(label="Load from Label Studio"))
-        forms.add_choice(inputs, "label_field", sent, default=sent[0], label="Sent field")
-        field = ctx.params.get("label_field") or sent[0]
-        inputs.str("out_field", default=f"{field}_corrected", required=True,
-                   label="Output field")
-        _labelstudio_connection(inputs, ctx)
-        forms.add_choice(inputs, "unlabelled", list(UNLABELLED), default="background",
-                         label="Pixels no region covers", radio=True)
-        if ctx.params.get("unlabelled") == "ignore":
-            inputs.int("ignore_value", default=255, label="Ignore value")
-        inputs.bool("include_unreviewed", default=False, label="Also load tasks nobody "
-                    "submitted yet (their pre-label)", view=types.CheckboxView())
-        inputs.bool("skip_missing", default=False, label="Skip tasks of deleted samples",
-                    view=types.CheckboxView())
-        out = ctx.params.get("out_field") or f"{field}_corrected"
-        if ds is not None and out in ds.get_field_schema():
-            inputs.bool("overwrite", default=False, label=f"Replace '{out}'",
-                        view=types.CheckboxView())
-        return types.Property(inputs, view=types.View(label="Load from Label Studio"))
+        return forms.operator_form(ctx, "Load from Label Studio", _load_form)
 
     def execute(self, ctx):
         from tfovss_fiftyone.labelstudio import LabelStudioError, load_corrections
@@ -852,11 +841,10 @@ class LoadFromLabelStudio(foo.Operator):
         return out
 
     def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.int("num_reviewed", label="Reviewed tasks")
-        outputs.int("num_unreviewed", label="Not yet reviewed")
-        outputs.int("num_loaded", label="Loaded")
-        outputs.float("share_kept_pct", label="Pixels the annotators kept (%)")
-        outputs.int("pixels_changed", label="Pixels changed")
-        outputs.list("per_class_summary", types.String(), label="Per class")
-        return types.Property(outputs, view=types.View(label="Corrections loaded"))
+        return forms.result_view("Corrections loaded", (
+            ("num_reviewed", "int", "Reviewed tasks"),
+            ("num_unreviewed", "int", "Not yet reviewed"),
+            ("num_loaded", "int", "Loaded"),
+            ("share_kept_pct", "float", "Pixels the annotators kept (%)"),
+            ("pixels_changed", "int", "Pixels changed"),
+            ("per_class_summary", "strings", "Per class")))

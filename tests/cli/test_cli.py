@@ -1,4 +1,5 @@
-"""Core engine: loading paths, backbone equivalences, text encoding, driver mechanics, bad input."""
+"""The `tfovss` command line: `segment` keeps going past bad images and reports them; `methods`
+lists every method."""
 from __future__ import annotations
 
 import json
@@ -6,57 +7,13 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 import tfovss_core as tc
-from tfovss_core.clip import loading as model_mod
-from tfovss_core.clip.backbone import TrunkRequest
-from tfovss_core.clip.synthetic import tiny_clip, tiny_state_dict
-from support.paths import REPO_ROOT
+from tfovss_core.clip.synthetic import tiny_state_dict
+from support.paths import REPO_ROOT, SAMPLES
 
-SAMPLES = REPO_ROOT / "samples"
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_clip(seed=0)
-
-
-@pytest.fixture(scope="module")
-def image():
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 256, size=(100, 140, 3), dtype=np.uint8)
-
-
-def _sd_variants(tmp_path):
-    """The same tiny weights in every file format load_clip accepts."""
-    sd = tiny_state_dict(seed=1)
-    ref = tc.load_clip("tiny", dict(sd))
-    open_clip_sd = ref.model.state_dict()               # open_clip keys, fp16-rounded values
-    paths = {}
-    paths["pt"] = tmp_path / "w.pt"
-    torch.save(open_clip_sd, paths["pt"])
-    paths["wrapped"] = tmp_path / "w_wrapped.pt"
-    torch.save({"state_dict": {"module." + k: v for k, v in open_clip_sd.items()}}, paths["wrapped"])
-    from safetensors.torch import save_file
-    paths["safetensors"] = tmp_path / "w.safetensors"
-    save_file({k: v.contiguous() for k, v in open_clip_sd.items()}, str(paths["safetensors"]))
-    openai = {k: (v.half() if v.ndim >= 2 and "embedding" not in k else v) for k, v in sd.items()}
-    openai.update(input_resolution=torch.tensor(64), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
-    paths["openai"] = tmp_path / "w_openai.pt"
-    torch.save(openai, paths["openai"])
-    return ref, paths
-
-def _st(path):
-    from safetensors.torch import load_file
-    return load_file(str(path))
-
-
-class _Holder(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
 def test_cli_segment_continues_after_bad_images_and_reports_them(tmp_path):
     weights = tmp_path / "tiny_openai.pt"

@@ -11,6 +11,7 @@ from tfovss_core.engine.features import FeatureCache
 from tfovss_core.engine.runner import ModelPass
 from tfovss_core.io.images import load_image
 from tfovss_core.methods import list_methods, method_card
+from support.images import random_image
 from support.paths import DATA, GOLDEN, golden_model
 
 VOCAB_A = ["background", ["cat", "kitten"], "dog", "sky"]
@@ -26,14 +27,8 @@ def _text_independent_methods() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return tiny_clip(seed=0)
-
-
-@pytest.fixture(scope="module")
 def image():
-    rng = np.random.default_rng(3)
-    return rng.integers(0, 256, size=(90, 130, 3), dtype=np.uint8)
+    return random_image(3, 90, 130)
 
 
 class TrunkCounter:

@@ -6,9 +6,7 @@ outcomes; ``tfovss segment --ray`` writes the same files as without; a clear mes
 from __future__ import annotations
 
 import importlib.metadata
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,24 +29,6 @@ needs_ray = pytest.mark.skipif(ray is None, reason='ray is not installed (pip in
 
 CLASSES = ["cat", ["dog", "puppy"], "car"]
 COMMON = dict(short_side=64, crop=32, stride=16, pamr_steps=0, batch_size=2)
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """A local Ray on loopback with 2 CPUs (or the one another test module started)."""
-    from tfovss_core.engine.ray_executor import start_local_ray
-
-    if ray.is_initialized():
-        yield ray
-        return
-    tmp = tempfile.mkdtemp(prefix="tfovss-ray-")
-    start_local_ray(num_cpus=2, temp_dir=tmp)
-    try:
-        assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
-        yield ray
-    finally:
-        ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

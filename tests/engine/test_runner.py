@@ -14,6 +14,7 @@ from tfovss_core.clip.synthetic import tiny_clip
 from tfovss_core.engine.runner import (Item, JobRunner, ModelPass, ModelSpec, RunRef, SerialExecutor,
                                        Work, run_batch)
 from tfovss_core.spec.records import settings_key
+from support.trunk import record_trunk_batches
 
 CLASSES = ["cat", ["dog", "puppy"], "car"]
 COMMON = dict(short_side=64, crop=32, stride=16, pamr_steps=0, batch_size=2)
@@ -53,15 +54,7 @@ KEYS = {"sclip": settings_key({"method": "sclip", **COMMON}),
 def tiny(tmp_path_factory):
     torch.set_num_threads(1)
     model = tiny_clip(seed=1, layers=4, text_cache_dir=tmp_path_factory.mktemp("text"))
-    calls = []
-    original = model.visual.run_trunk
-
-    def counting(images, request):
-        calls.append(images.shape[0])
-        return original(images, request)
-
-    model.visual.run_trunk = counting
-    model.trunk_calls = calls
+    model.trunk_calls = record_trunk_batches(model.visual)
     return model
 
 

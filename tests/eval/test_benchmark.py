@@ -19,6 +19,7 @@ from tfovss_core.eval.datasets import get_importer
 from tfovss_core.eval.metrics import SegmentationMetric
 
 from support.paths import DATA, GOLDEN, REPO_ROOT
+from support.trunk import record_trunk_batches
 
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared sample data not found")
 
@@ -313,15 +314,7 @@ def counted_tiny(one_thread):
     """Tiny CLIP weights and a model whose frozen-trunk passes are counted."""
     weights = bm.resolve_weights("ViT-B/16", "tiny:seed0")
     model = weights.load("cpu")
-    calls = []
-    original = model.visual.run_trunk
-
-    def counting(images, request):
-        calls.append(images.shape[0])
-        return original(images, request)
-
-    model.visual.run_trunk = counting
-    return weights, model, calls
+    return weights, model, record_trunk_batches(model.visual)
 
 
 def _tiny_runner(out, methods, weights, model, root, limit, **kw):

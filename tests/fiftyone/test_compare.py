@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from support.fo import URI_COMPARE, make_dataset, needs_core, run_delegated, triggered
+from support.trunk import record_trunk_batches
 
 pytestmark = needs_core
 
@@ -60,16 +61,7 @@ def tiny_model():
 @pytest.fixture()
 def trunk_calls(monkeypatch):
     """Counts the frozen-trunk computations of the tiny model the plugin uses."""
-    visual = tiny_model().visual
-    calls = []
-    original = visual.run_trunk
-
-    def counting(images, request):
-        calls.append(images.shape[0])
-        return original(images, request)
-
-    monkeypatch.setattr(visual, "run_trunk", counting)
-    return calls
+    return record_trunk_batches(tiny_model().visual, monkeypatch)
 
 
 def snapshot(ds, out_dir):

@@ -30,25 +30,6 @@ VOCAB = "background\ncat, kitten\nperson, man, woman\ncar"
 TINY = dict(arch="ViT-B-16", pretrained="tiny:seed0", device="cpu", classes=VOCAB)
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """A local Ray on loopback with 2 CPUs (or the one another test module started)."""
-    from tfovss_core.engine.ray_executor import start_local_ray
-
-    if ray.is_initialized():
-        yield ray
-        return
-    tmp = tempfile.mkdtemp(prefix="tfovss-ray-")
-    start_local_ray(num_cpus=2, temp_dir=tmp)
-    try:
-        assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
-        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
-        yield ray
-    finally:
-        ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def coco_paths(data_dir, n: int) -> list[str]:
     folder = Path(data_dir) / "coco2017" / "train2017"
     paths = sorted(str(p) for p in folder.glob("*.jpg"))[:n]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import tfovss_core as tc
-from tfovss_core.io import images
+from support.golden import golden_network_input
 from support.paths import GOLDEN, golden_model
 
 # golden folder -> registered method name
@@ -72,10 +72,7 @@ def test_matches_official_code(shared_dir, folder, method, case):
     # the exact network input (resize + normalisation)
     rgb, x = seg.prepare(g["image"])
     assert tuple(x.shape[-2:]) == tuple(meta["input_hw"])
-    mean = torch.tensor(images.CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(images.CLIP_STD).view(3, 1, 1)
-    expected_input = (torch.from_numpy(g["image_input"]).permute(2, 0, 1).float() - mean) / std
-    torch.testing.assert_close(x[0].cpu(), expected_input, atol=1e-6, rtol=0)
+    torch.testing.assert_close(x[0].cpu(), golden_network_input(g), atol=1e-6, rtol=0)
 
     # first window: dense features and cosine logits
     with torch.inference_mode():

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import tfovss_core as tc
+from support.images import random_image
 from support.paths import GOLDEN
+from support.tokens import grid_tokens, token_flags
 from tfovss_core.spec import presets
 from tfovss_core.clip.backbone import TrunkRequest
 from tfovss_core.errors import ConfigError
@@ -39,7 +41,7 @@ def families():
 
 @pytest.fixture(scope="module")
 def image():
-    return np.random.default_rng(1).integers(0, 256, size=(70, 90, 3), dtype=np.uint8)
+    return random_image(1, 70, 90)
 
 
 # ------------------------------------------------------------------------------- hand-computed
@@ -51,36 +53,26 @@ def test_hoyer_sparsity_hand_computed():
     assert float(hoyer_sparsity(torch.tensor([3.0, -4.0]))) == pytest.approx(expected, abs=1e-6)
 
 
-def _grid_tokens(values, shape):
-    return torch.tensor(values, dtype=torch.float64).view(1, shape[0] * shape[1], 1)
-
-
-def _flags(indices, n):
-    f = torch.zeros(1, n, dtype=torch.bool)
-    f[0, list(indices)] = True
-    return f
-
-
 def test_neighbour_replacement_at_borders_and_with_all_neighbours_abnormal():
-    tokens = _grid_tokens(range(1, 10), (3, 3))          # [[1,2,3],[4,5,6],[7,8,9]]
+    tokens = grid_tokens(range(1, 10), (3, 3))          # [[1,2,3],[4,5,6],[7,8,9]]
     e1, e2 = math.exp(-0.5), math.exp(-1.0)             # sigma 1: edge and corner weights
     # corner (0,0): normal neighbours 2, 4 (edges) and 5 (corner); the grid border does not count
-    out = neighbour_fill(tokens, _flags([0], 9), (3, 3), sigma=None)
+    out = neighbour_fill(tokens, token_flags([0], 9), (3, 3), sigma=None)
     assert out[0, 0, 0].item() == pytest.approx((2 + 4 + 5) / 3)
-    out = neighbour_fill(tokens, _flags([0], 9), (3, 3), sigma=1.0)
+    out = neighbour_fill(tokens, token_flags([0], 9), (3, 3), sigma=1.0)
     assert out[0, 0, 0].item() == pytest.approx((e1 * 2 + e1 * 4 + e2 * 5) / (2 * e1 + e2))
     assert torch.equal(out[0, 1:], tokens[0, 1:])       # nothing else moves
     # (0,0) and all its neighbours flagged: (0,0) stays; (0,1) uses only 3 and 6
-    flags = _flags([0, 1, 3, 4], 9)
+    flags = token_flags([0, 1, 3, 4], 9)
     for sigma, expect01 in ((None, (3 + 6) / 2), (1.0, (e1 * 3 + e2 * 6) / (e1 + e2))):
         out = neighbour_fill(tokens, flags, (3, 3), sigma=sigma)
         assert out[0, 0, 0].item() == 1.0
         assert out[0, 1, 0].item() == pytest.approx(expect01)
     # every token flagged: unchanged
-    assert torch.equal(neighbour_fill(tokens, _flags(range(9), 9), (3, 3)), tokens)
+    assert torch.equal(neighbour_fill(tokens, token_flags(range(9), 9), (3, 3)), tokens)
     # non-square grid 2x3, flag (1,2) = index 5: neighbours (0,1)=2, (0,2)=3, (1,1)=5
-    tokens = _grid_tokens(range(1, 7), (2, 3))
-    out = neighbour_fill(tokens, _flags([5], 6), (2, 3), sigma=None)
+    tokens = grid_tokens(range(1, 7), (2, 3))
+    out = neighbour_fill(tokens, token_flags([5], 6), (2, 3), sigma=None)
     assert out[0, 5, 0].item() == pytest.approx((2 + 3 + 5) / 3)
 
 
@@ -326,7 +318,8 @@ ALL_NAMES = sorted(set(list_methods(include_composed=True)) | set(COMPONENT_NAME
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_every_method_on_every_backbone_family(families, image, name, depth):
     if depth == 3 and name in list_methods(include_composed=True):
-        pytest.skip("depth 3 is covered by tests/test_core.py")
+        pytest.skip("depth 3 is covered by tests/engine/test_segmenter.py::"
+                    "test_every_method_batched_equals_single_and_is_deterministic")
     model = families[depth]
     kw = dict(short_side=64, crop=48, stride=32, templates=["a photo of a {}."])
     if name == "proxyclip":  # its VFM's weights are never downloaded: random ones here

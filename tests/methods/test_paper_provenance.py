@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from support.paths import SHARED
+from support.tokens import grid_tokens, token_flags
 from tfovss_core.cli import main as cli_main
 from tfovss_core.clip.synthetic import tiny_clip
 from tfovss_core.errors import ConfigError
@@ -132,25 +133,15 @@ def test_no_doc_calls_the_defaults_the_papers_stated_choice():
 
 
 # ------------------------------------------------------------------------------- LHT: ATR neighbours
-def _grid(values, shape):
-    return torch.tensor(values, dtype=torch.float64).view(1, shape[0] * shape[1], 1)
-
-
-def _flags(indices, n):
-    f = torch.zeros(1, n, dtype=torch.bool)
-    f[0, list(indices)] = True
-    return f
-
-
 def test_nearest_reading_equals_the_window_inside_and_differs_at_borders():
-    tokens = _grid(range(25), (5, 5))
-    centre = _flags([12], 25)
+    tokens = grid_tokens(range(25), (5, 5))
+    centre = token_flags([12], 25)
     for sigma in (None, 1.0):
         assert torch.equal(nearest_normal_fill(tokens, centre, (5, 5), sigma),
                            neighbour_fill(tokens, centre, (5, 5), sigma)) or torch.allclose(
             nearest_normal_fill(tokens, centre, (5, 5), sigma), neighbour_fill(tokens, centre, (5, 5), sigma),
             atol=1e-12, rtol=0)
-    corner = _flags([0], 25)
+    corner = token_flags([0], 25)
     window = neighbour_fill(tokens, corner, (5, 5), None)
     nearest = neighbour_fill(tokens, corner, (5, 5), None, "nearest")
     assert window[0, 0, 0].item() == pytest.approx((1 + 5 + 6) / 3)
@@ -162,8 +153,8 @@ def test_nearest_reading_equals_the_window_inside_and_differs_at_borders():
 
 
 def test_nearest_reading_replaces_a_token_whose_window_is_all_flagged():
-    tokens = _grid(range(25), (5, 5))
-    flags = _flags([6, 7, 8, 11, 12, 13, 16, 17, 18], 25)           # the whole 3x3 around 12
+    tokens = grid_tokens(range(25), (5, 5))
+    flags = token_flags([6, 7, 8, 11, 12, 13, 16, 17, 18], 25)           # the whole 3x3 around 12
     window = neighbour_fill(tokens, flags, (5, 5), None)
     nearest = neighbour_fill(tokens, flags, (5, 5), None, "nearest")
     assert window[0, 12, 0].item() == 12                              # no normal neighbour: unchanged
@@ -175,7 +166,7 @@ def test_nearest_reading_replaces_a_token_whose_window_is_all_flagged():
 
 def test_unknown_neighbour_reading_is_refused():
     with pytest.raises(ValueError, match="neighbour"):
-        neighbour_fill(_grid(range(4), (2, 2)), _flags([0], 4), (2, 2), None, "ring")
+        neighbour_fill(grid_tokens(range(4), (2, 2)), token_flags([0], 4), (2, 2), None, "ring")
 
 
 # ------------------------------------------------------------------------------- LHT: method options

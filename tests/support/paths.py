@@ -13,6 +13,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("TFOVSS_SHARED", REPO_ROOT.parent / "shared")).resolve()
 GOLDEN = SHARED / "golden"
 DATA = SHARED / "data"
+# the sample photos in the checkout (the product's examples), unlike the shared material above
+SAMPLES = REPO_ROOT / "samples"
 
 _weights_cache: dict = {}
 _models: dict = {}

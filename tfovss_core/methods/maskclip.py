@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tfovss_core.methods import Method, MethodCard, MethodInfo, option, register_method
+from tfovss_core.methods.clearclip import clearclip_framework_datasets
 from tfovss_core.methods.clip import CLEARCLIP_PROTOCOL
 
 
@@ -49,72 +50,7 @@ CARD = MethodCard(
         "different."),
     aliases=("mask_clip",),
     protocol=CLEARCLIP_PROTOCOL,
-    # The official per-dataset settings, each with its source (where every number comes from:
-    # tfovss_core/spec/presets/README.md).
-    datasets={
-        "voc21": {
-            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
-            "prob_thd": 0.5, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
-            "class_file": "clearclip_voc21.txt", "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_voc21.py",
-            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
-        },
-        "voc20": {
-            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
-            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
-            "class_file": "clearclip_voc20.txt", "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_voc20.py",
-            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
-        },
-        "context60": {
-            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
-            "prob_thd": 0.15, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
-            "class_file": "context60.txt", "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_context60.py",
-            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
-        },
-        "context59": {
-            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
-            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
-            "class_file": "context59.txt", "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_context59.py",
-            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
-        },
-        "coco_object": {
-            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
-            "prob_thd": 0.4, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
-            "class_file": "clearclip_coco_object.txt",
-            "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_coco_object.py",
-            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
-        },
-        "coco_stuff": {
-            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
-            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
-            "class_file": "coco_stuff.txt", "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_coco_stuff164k.py",
-            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
-        },
-        "cityscapes": {
-            "short_side": 448, "max_long_side": 2048, "crop": 224, "stride": 224, "logit_scale": 50,
-            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
-            "class_file": "cityscapes.txt", "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_city_scapes.py",
-            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
-        },
-        "ade20k": {
-            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
-            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
-            "class_file": "ade20k.txt", "source": "mc-lan/ClearCLIP@ad68a40: configs/cfg_ade20k.py",
-            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True},
-        },
-        "ade847": {
-            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
-            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
-            "class_file": "ade847.txt",
-            "source": "GUESS: no official config; copied from mc-lan/ClearCLIP@ad68a40: configs/cfg_ade20k.py (ADE20K-150)",
-            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True}, "guess": True,
-        },
-        "context459": {
-            "short_side": 448, "max_long_side": 2048, "crop": 448, "stride": 224, "logit_scale": 50,
-            "prob_thd": 0.0, "area_thd": None, "pamr_steps": 0, "pamr_dilations": [8, 16],
-            "class_file": "context459.txt",
-            "source": "GUESS: no official config; copied from mc-lan/ClearCLIP@ad68a40: configs/cfg_ade20k.py (ADE20K-150)",
-            "clearclip_framework": {"model_type": "MaskCLIP", "ignore_residual": True}, "guess": True,
-        },
-    },
+    # ClearCLIP's cfg files, run with model_type='MaskCLIP' (the note above)
+    datasets=clearclip_framework_datasets("MaskCLIP"),
 )
 register_method(CARD)

@@ -22,6 +22,7 @@ from tfovss_core.clip.openclip import open_clip
 from tfovss_core.clip.backbone import VisionBackbone
 from tfovss_core.errors import WeightsError
 from tfovss_core.clip.text import TextEncoder
+from tfovss_core.clip.checkpoints import state_dict_mismatch
 
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
@@ -400,18 +401,8 @@ def _check_arch(model, arch: str, source: str) -> None:
 
 def _check_fits(model: torch.nn.Module, sd: Mapping, arch: str, source: str) -> None:
     """A clear error when a checkpoint does not fit the architecture (instead of a key dump)."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd and not k.endswith("attn_mask")]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [f"{k}: file {tuple(sd[k].shape)} vs {arch} {tuple(v.shape)}"
-             for k, v in expected.items() if k in sd and hasattr(sd[k], "shape") and tuple(sd[k].shape) != tuple(v.shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append(f"{len(wrong)} tensors of the wrong shape (e.g. {wrong[0]})")
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        raise WeightsError(f"checkpoint {source} does not fit architecture {arch}: " + "; ".join(parts)
-                           + ". Pick the architecture the checkpoint was trained with.")
+    problems = state_dict_mismatch(model.state_dict(), sd, arch,
+                                   ignore=lambda key: key.endswith("attn_mask"))
+    if problems:
+        raise WeightsError(f"checkpoint {source} does not fit architecture {arch}: {problems}"
+                           ". Pick the architecture the checkpoint was trained with.")

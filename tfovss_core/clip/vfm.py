@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tfovss_core.clip.checkpoints import state_dict_mismatch
 from tfovss_core.errors import ConfigError, WeightsError
 
 # Mean/std of CLIP's preprocessing (0-1 units) and of ImageNet (torchvision), per RGB channel.
@@ -406,21 +407,10 @@ def _unwrap(sd: dict) -> dict:
 def _build_loaded(spec: VfmSpec, sd: dict, source: str) -> nn.Module:
     sd = _unwrap(sd)
     module = spec.build(spec)
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [f"{k}: file {tuple(sd[k].shape)} vs {spec.name} {tuple(v.shape)}"
-             for k, v in expected.items() if k in sd and tuple(getattr(sd[k], "shape", ())) != tuple(v.shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append(f"{len(wrong)} tensors of the wrong shape (e.g. {wrong[0]})")
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        raise WeightsError(f"VFM weights {source} do not fit {spec.name}: " + "; ".join(parts)
-                           + f". Pick the model the checkpoint belongs to (available: {', '.join(list_vfms())}).")
+    problems = state_dict_mismatch(module.state_dict(), sd, spec.name)
+    if problems:
+        raise WeightsError(f"VFM weights {source} do not fit {spec.name}: {problems}"
+                           f". Pick the model the checkpoint belongs to (available: {', '.join(list_vfms())}).")
     module.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     return module
 

@@ -45,15 +45,6 @@ def _vm() -> tuple[int, int]:
     return d["VmHWM"], d["VmRSS"]
 
 
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _measure(fn, repeats: int) -> dict:
     """Median CPU/wall seconds of ``fn()`` after a warm-up."""
     import torch
@@ -76,7 +67,7 @@ def forward_peak_mib(backbone: str, threads: int = 1) -> float | None:
     allocator keeps those pages resident and the peak of the next forward hides in them."""
     code = (
         "import sys, torch; sys.path[:0] = [%r, %r]; torch.set_num_threads(%d)\n"
-        "from proxyclip_cost import _reset_peak, _vm\n"
+        "from proxyclip_cost import _vm\nfrom bench import peak_rss_reset\n"
         "x = torch.randn(1, 3, 336, 336)\n"
         "if %r == 'clip':\n"
         "    import tfovss_core as tc\n"
@@ -88,7 +79,7 @@ def forward_peak_mib(backbone: str, threads: int = 1) -> float | None:
         "    from tfovss_core.clip.vfm import load_vfm\n"
         "    v = load_vfm('dino_vitb8', 'random:0', 'cpu')\n"
         "    fn = lambda: v.patch_features(x)\n"
-        "import gc; gc.collect(); ok = _reset_peak(); before = _vm()[1]\n"
+        "import gc; gc.collect(); ok = peak_rss_reset(); before = _vm()[1]\n"
         "with torch.inference_mode(): fn()\n"
         "print((_vm()[0] - before) / 2 ** 20 if ok else -1)\n") % (str(REPO), str(REPO / "bench"), threads,
                                                              backbone)

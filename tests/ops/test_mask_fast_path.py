@@ -77,12 +77,15 @@ def test_top_probability_exactly_at_and_one_step_around_prob_thd(offset):
     assert int(mask[3, 5]) == 0 or int(mask[3, 5]) == int(probs[:, 3, 5].argmax())
 
 
+@pytest.mark.parametrize("size", [(24, 32), (25, 33)])        # 768 pixels, and 825 = 12 x 64 + 57
 @pytest.mark.parametrize("renormalize", [False, True])
 @pytest.mark.parametrize("with_confidence", [False, True])
-def test_area_threshold_dropping_a_class_recomputes_only_its_blocks(renormalize, with_confidence):
-    logits = _random_logits(11, 24, 32, seed=9) * 0.1 + 0.2
+def test_area_threshold_dropping_a_class_recomputes_only_its_pixels(size, renormalize, with_confidence):
+    h, w = size
+    logits = _random_logits(11, h, w, seed=9) * 0.1 + 0.2
     logits[2:6] -= 0.1                        # classes 1 and 2 never win ...
-    logits[4, 20:, 28:] += 0.5                # ... except class 2 on a 4x4 corner: 16 of 768 pixels
+    logits[4, h - 4:, w - 4:] += 0.5          # ... except class 2 on the last 4x4 corner (in the
+    #                                           825-pixel image, partly in the last partial lane)
     kw = dict(logit_scale=40.0, area_thd=0.05, prob_thd=0.1, renormalize=renormalize)
     probs, mask = probabilities_and_mask(logits, SYNONYMS, 7, **kw)
     got, conf, stats = mask_and_confidence_from_logits(logits, SYNONYMS, 7, block_pixels=64,
@@ -92,9 +95,9 @@ def test_area_threshold_dropping_a_class_recomputes_only_its_blocks(renormalize,
     unthresholded = probabilities_and_mask(logits, SYNONYMS, 7, logit_scale=40.0)[1]
     assert int((unthresholded == 2).sum()) == 16             # ... which did win those pixels
     assert stats["passes"] == 2
-    # the corner (pixels 668-767) lies in blocks 10 and 11 of 64 pixels: only those come again,
-    # unless renormalized confidences need every block's new class sum
-    assert stats["redone_blocks"] == (12 if renormalize and with_confidence else 2)
+    # only those 16 pixels are decided again, unless renormalized confidences need every pixel's
+    # new class sum
+    assert stats["redone_pixels"] == (h * w if renormalize and with_confidence else 16)
     if with_confidence:
         assert float((conf - probs.max(dim=0).values).abs().max()) <= 1e-6
     else:
@@ -104,7 +107,7 @@ def test_area_threshold_dropping_a_class_recomputes_only_its_blocks(renormalize,
 def test_area_threshold_that_keeps_every_class_takes_one_pass():
     logits = _random_logits(7, 16, 16, seed=2)
     _, _, stats = _check(logits, torch.arange(7), 7, logit_scale=40.0, area_thd=0.0)
-    assert stats["passes"] == 1 and stats["redone_blocks"] == 0
+    assert stats["passes"] == 1 and stats["redone_pixels"] == 0
 
 
 def test_block_size_must_follow_the_vector_lanes():

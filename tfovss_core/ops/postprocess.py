@@ -147,9 +147,10 @@ def mask_and_confidence_from_logits(logits: torch.Tensor, query_class: torch.Ten
     ``amax`` (on a CPU an order of magnitude faster than ``max(dim=0)`` with indices).
 
     The area threshold needs the whole image's argmax first. It only zeroes dropped classes, so a
-    pixel whose winner is kept keeps its winner and top probability; only blocks holding a pixel won
-    by a dropped class are recomputed, with the dropped classes' probabilities zeroed as the protocol
-    does. With ``renormalize`` and a confidence, the class sum changes everywhere, so every block is.
+    pixel whose winner is kept keeps its winner and top probability; only the pixels won by a
+    dropped class are recomputed (gathered into full vector lanes), with the dropped classes'
+    probabilities zeroed as the protocol does. With ``renormalize`` and a confidence, the class
+    sum changes everywhere, so every block is.
     Returns ``(mask, confidence or None, stats)`` as :func:`mask_and_confidence`.
     """
     if block_pixels <= 0 or block_pixels % 64:
@@ -166,7 +167,7 @@ def mask_and_confidence_from_logits(logits: torch.Tensor, query_class: torch.Ten
     top_rank = torch.empty(n_pixels, dtype=rank.dtype, device=device)
     class_sum = torch.empty(n_pixels, dtype=torch.float32, device=device) if renormalize else None
     starts = range(0, n_pixels, block_pixels)
-    stats = {"passes": 1, "fallback_pixels": 0, "blocks": len(starts), "redone_blocks": 0}
+    stats = {"passes": 1, "fallback_pixels": 0, "blocks": len(starts), "redone_pixels": 0}
 
     def block_probs(start: int) -> torch.Tensor:
         return torch.softmax(flat[:, start:start + block_pixels] * logit_scale, dim=0)
@@ -189,20 +190,35 @@ def mask_and_confidence_from_logits(logits: torch.Tensor, query_class: torch.Ten
         counts = torch.bincount(winner, minlength=num_classes)[1:].to(torch.float32)
         kept = (counts > area_thd * counts.sum()).to(torch.float32)
         if not bool(kept.all()):
-            dropped_winner = (kept[(winner - 1).clamp(min=0)] == 0) & (winner > 0)
-            if renormalize and with_confidence:
-                redo = list(starts)
-            else:
-                blocks = dropped_winner.nonzero().flatten() // block_pixels
-                redo = [int(b) * block_pixels for b in torch.unique(blocks)]
             # x 1.0 or x 0.0 per query, as the protocol's per class (a class's max over its queries
             # is then the protocol's zeroed or untouched merged probability)
             query_kept = torch.cat([torch.ones(1, device=device), kept])[query_class].view(-1, 1)
-            for start in redo:
-                decide(start, block_probs(start) * query_kept)
+            if renormalize and with_confidence:
+                for start in starts:
+                    decide(start, block_probs(start) * query_kept)
+                stats["redone_pixels"] = n_pixels
+            else:
+                dropped_winner = (kept[(winner - 1).clamp(min=0)] == 0) & (winner > 0)
+                # the image's last partial vector lane is the protocol's (and pass 1's) scalar tail:
+                # its pixels are redone in their own block; every other pixel is gathered into full
+                # lanes, where its column alone decides its values
+                lanes_end = n_pixels - n_pixels % 64
+                pixels = dropped_winner[:lanes_end].nonzero().flatten()
+                if len(pixels):
+                    width_padded = -(-len(pixels) // 64) * 64
+                    gathered = flat.new_zeros((q, width_padded))
+                    gathered[:, :len(pixels)] = flat.index_select(1, pixels)
+                    probs = torch.softmax(gathered * logit_scale, dim=0)[:, :len(pixels)] * query_kept
+                    best = torch.amax(probs, dim=0)
+                    reaches = (probs == best).view(torch.uint8) if small else (probs == best).to(torch.int32)
+                    top[pixels] = best
+                    top_rank[pixels] = torch.amax(reaches * rank, dim=0)
+                if bool(dropped_winner[lanes_end:].any()):
+                    last = starts[-1]
+                    decide(last, block_probs(last) * query_kept)
+                stats["redone_pixels"] = int(dropped_winner.sum())
             winner = num_classes - top_rank.long()
             stats["passes"] = 2
-            stats["redone_blocks"] = len(redo)
 
     mask = winner
     if prob_thd > 0:

@@ -478,7 +478,7 @@ def _label_data(t: _LabelTarget, sid: str, res) -> LabelData:
     the masks go to the database (the one maker of both the local and the Ray run, so their
     files are the same bytes)."""
     mask = t.lut[res.mask.astype(np.int64)].astype(t.out_dtype)
-    conf = res.probs.max(axis=0)
+    conf = res.confidence       # a MaskResult's (the pre-label path) or a SegmentationResult's top probability
     conf8 = np.clip(np.rint(conf * 255), 0, 255).astype(np.uint8) if t.confidence else None
     if not t.mask_dir:
         return LabelData(float(conf.mean()), mask=mask, confidence=conf8)
@@ -595,7 +595,8 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
                                  source.segmenter_classes(), drv,
                                  [(p.field, p.method, p.options) for p in plans])
         spec.finish = LabelDataMaker({p.field: _target(p) for p in plans})
-    passes = ModelPass(spec, item_errors=(Exception,))
+    # only masks and confidences are stored: the pre-label path (no probability maps, bounded memory)
+    passes = ModelPass(spec, item_errors=(Exception,), output="mask")
 
     def on_progress(done: int, todo: int) -> None:
         if done % batch_n and done != todo:

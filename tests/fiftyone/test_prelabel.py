@@ -181,3 +181,38 @@ def test_model_apply_model(fo, voc_ds, tmp_path):
     voc_ds.save()
     from tfovss_fiftyone.evaluation import run_evaluation
     assert 0 <= run_evaluation(voc_ds, "am", "ground_truth", None).mIoU <= 1
+
+
+def test_prelabel_runs_the_mask_path_and_stores_the_protocols_mask(fo, voc_ds, monkeypatch):
+    """Pre-labelling stores only masks and confidences, so it runs ``ModelPass(output="mask")``
+    (no probability maps); what it stores is the protocol path's mask and top probability."""
+    from tfovss_core.clip.synthetic import tiny_clip
+    from tfovss_core.engine import runner
+    from tfovss_core.engine.segmenter import Segmenter
+    from tfovss_fiftyone.prelabel import prelabel
+
+    outputs = []
+    original = runner.ModelPass.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        outputs.append(self.output)
+
+    monkeypatch.setattr(runner.ModelPass, "__init__", recording)
+    model = tiny_clip(seed=0)
+    settings = {"short_side": 64, "crop": 64, "stride": 64, "templates": ["a photo of a {}."],
+                "prob_thd": 0.4}
+    classes = ["background", "cat", "person"]
+    prelabel(voc_ds, "lean", classes=classes, model=model, settings=settings, masks_in_db=True,
+             confidence_field="lean_conf")
+    assert outputs == ["mask"]
+    seg = Segmenter(model, "sclip", classes, **settings)
+    for s in voc_ds:
+        protocol = seg.predict(s.filepath)
+        np.testing.assert_array_equal(s.lean.mask, protocol.mask)
+        expected8 = np.clip(np.rint(protocol.confidence * 255), 0, 255).astype(np.uint8)
+        # 8-bit confidences: equal except where the two top probabilities (within 1e-6) straddle a rounding step
+        assert np.mean(s.lean_conf.map == expected8) > 0.999
+        assert np.abs(s.lean_conf.map.astype(int) - expected8).max() <= 1
+        assert s.lean.mean_confidence == pytest.approx(float(protocol.confidence.mean()), abs=1e-6)
+    assert any(len(np.unique(s.lean.mask)) > 1 for s in voc_ds)   # the threshold left more than background

@@ -28,12 +28,12 @@ def _protocol(low_res, size, query_class, num_classes, **kw):
     return probs, mask
 
 
-def _chunked(low_res, size, query_class, num_classes, requested=None, **kw):
+def _chunked(low_res, size, query_class, num_classes, requested=None, classes_per_chunk=4, **kw):
     def full_res(queries):
         if requested is not None:
             requested.append(queries.clone())
         return F.interpolate(low_res[queries][None], size=size, mode="bilinear", align_corners=False)[0]
-    return mask_and_confidence(full_res, query_class, num_classes, size, classes_per_chunk=4, **kw)
+    return mask_and_confidence(full_res, query_class, num_classes, size, classes_per_chunk=classes_per_chunk, **kw)
 
 
 def _tied_logits(q, h, w, seed=0):
@@ -88,9 +88,12 @@ def test_chunked_mask_takes_the_protocols_decision_on_rounding_ties():
     low[2] = 0.03
     low[1] = torch.nextafter(torch.tensor(0.03), torch.tensor(0.0))   # just below query 2
     probs, mask = _protocol(low, (8, 8), torch.arange(4), 4, logit_scale=1.0)
-    got, conf, stats = _chunked(low, (8, 8), torch.arange(4), 4, logit_scale=1.0)
+    # two chunks: the chunked path (one chunk would take the whole-vocabulary path, which needs no fallback)
+    got, conf, stats = _chunked(low, (8, 8), torch.arange(4), 4, logit_scale=1.0, classes_per_chunk=2)
     assert torch.equal(got, mask)
     assert stats["fallback_pixels"] > 0 and bool((mask == 1).any())   # the protocol took the first index
+    whole, _, whole_stats = _chunked(low, (8, 8), torch.arange(4), 4, logit_scale=1.0)
+    assert torch.equal(whole, mask) and whole_stats["fallback_pixels"] == 0
 
 
 # -- the segmenter, end to end --------------------------------------------------------------------------

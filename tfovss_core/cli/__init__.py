@@ -35,7 +35,7 @@ def expand_images(paths: list[str]) -> list[Path]:
 def cmd_segment(args) -> int:
     from tqdm.auto import tqdm
 
-    from tfovss_core.engine.runner import Item, JobRunner, RunRef
+    from tfovss_core.engine.runner import Item, JobRunner, ModelPass, RunRef
     from tfovss_core.engine.segmenter import Segmenter
     from tfovss_core.spec.settings import parse_sets
     from tfovss_core.errors import TfovssError, WeightsError
@@ -86,7 +86,8 @@ def cmd_segment(args) -> int:
         else:
             items.append(item)
     bar = tqdm(total=len(items), desc=f"{seg.method.name}", unit="img", disable=args.quiet)
-    JobRunner({seg.method.name: seg}, [RunRef(seg.method.name, "segment")], sink,
+    # the sink stores only each mask (PNG and overlay): the pre-label path, no probability maps
+    JobRunner(ModelPass({seg.method.name: seg}, output="mask"), [RunRef(seg.method.name, "segment")], sink,
               executor=executor, progress=lambda done, total: bar.update(1)).run(items)
     bar.close()
     written, failures = sink.written(), sink.failures()

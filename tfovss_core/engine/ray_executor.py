@@ -96,10 +96,11 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None,
 
 
 class _BatchWorker:
-    """The actor: one model pass, built once; runs batches of works."""
+    """The actor: one model pass, built once; runs batches of works. ``output``: the driver's
+    ``ModelPass.output`` (``"mask"``: the pre-label path, no probability maps in the actor)."""
 
-    def __init__(self, spec: ModelSpec, item_errors: Sequence[type]):
-        self.model = ModelPass(spec, item_errors)
+    def __init__(self, spec: ModelSpec, item_errors: Sequence[type], output: str = "probs"):
+        self.model = ModelPass(spec, item_errors, output=output)
 
     def pid(self) -> int:
         return os.getpid()
@@ -177,6 +178,7 @@ class RayExecutor:
             return
         ray = require_ray()
         item_errors = tuple(model.item_errors) if isinstance(model, ModelPass) else ITEM_ERRORS
+        output = model.output if isinstance(model, ModelPass) else "probs"
         started = self._connect()
         actors: list[Any] = []
         try:
@@ -188,7 +190,7 @@ class RayExecutor:
                 num_cpus=self.num_cpus_per_actor, num_gpus=self.num_gpus_per_actor,
                 max_restarts=-1, max_task_retries=-1)
             n = min(self.num_actors, -(-len(works) // self.batch_size))
-            actors = [Worker.remote(spec_ref, item_errors) for _ in range(n)]
+            actors = [Worker.remote(spec_ref, item_errors, output) for _ in range(n)]
             self.actor_pids = ray.get([a.pid.remote() for a in actors])
             batches = [works[i:i + self.batch_size] for i in range(0, len(works), self.batch_size)]
             yield from self._stream(ray, actors, batches)

@@ -265,8 +265,9 @@ class Segmenter:
     #: classes per chunk on the pre-label path (its memory is ~ this x queries per class x H x W x 4 x 4)
     classes_per_chunk: int = 16
     #: bytes of one ``(Q, H, W)`` float32 map under which the pre-label path upsamples every query
-    #: at once and keeps the maps for its second pass (one upsampling instead of one per chunk and
-    #: pass); larger vocabularies or images go chunk by chunk in bounded memory
+    #: at once and runs the protocol's operations on blocks of pixels (one map, no probability maps,
+    #: faster than the protocol path); larger vocabularies or images go class chunk by class chunk
+    #: in bounded memory
     whole_vocabulary_bytes: int = 256 * 2**20
 
     @torch.inference_mode()
@@ -425,7 +426,7 @@ class Segmenter:
             logit_scale=s.logit_scale, prob_thd=s.prob_thd, area_thd=s.area_thd,
             renormalize=self.method.renormalize_probs,
             classes_per_chunk=self.num_classes if whole else self.classes_per_chunk,
-            with_confidence=confidence is not None, reuse_chunks=whole)
+            with_confidence=confidence is not None)
         mask_dtype = np.uint8 if self.num_classes <= 256 else np.uint16
         if conf is not None:
             conf = conf.to(getattr(torch, confidence)).cpu().numpy()

@@ -20,6 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from support.fo import (REPO_ROOT, VOC_CLASSES, coco_semantic, make_dataset,  # noqa: E402
@@ -127,24 +128,31 @@ class _Shots(list):
         assert all(s.is_file() and s.stat().st_size > 10000 for s in self)
 
 
-@contextlib.contextmanager
-def _dataset_page(playwright_sync, app_server, ds, shots, failure_png):
-    """A Chromium page showing ``ds`` in the App; ``failure_png`` is saved if the body raises."""
+@pytest.fixture(scope="module")
+def browser(playwright_sync):
+    """One headless Chromium for every test of this module (each test opens its own page)."""
     with playwright_sync() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
-        page = browser.new_page(viewport={"width": 1920, "height": 1080})
-        page.set_default_timeout(60000)
-        try:
-            page.goto(f"{app_server}/datasets/{ds.name}", wait_until="load")
-            page.get_by_text("ground_truth", exact=True).first.wait_for()
-            time.sleep(3)
-            _dismiss_popups(page)
-            yield page
-        except Exception:
-            shots(page, failure_png)
-            raise
-        finally:
-            browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
+        yield b
+        b.close()
+
+
+@contextlib.contextmanager
+def _dataset_page(browser, app_server, ds, shots, failure_png, ready_text="ground_truth"):
+    """A Chromium page showing ``ds`` in the App; ``failure_png`` is saved if the body raises."""
+    page = browser.new_page(viewport={"width": 1920, "height": 1080})
+    page.set_default_timeout(60000)
+    try:
+        page.goto(f"{app_server}/datasets/{ds.name}", wait_until="load")
+        page.get_by_text(ready_text, exact=True).first.wait_for()
+        time.sleep(3)
+        _dismiss_popups(page)
+        yield page
+    except Exception:
+        shots(page, failure_png)
+        raise
+    finally:
+        page.close()
 
 
 def _open_operator(page, search, label):
@@ -202,10 +210,82 @@ def _choose_compared_run(page, key):
     page.get_by_role("option", name=key).first.click()
 
 
-def test_app_prelabel_field_and_panel(fo, playwright_sync, app_server, app_dataset):
+def _open_panel_form(page, button, label):
+    """Clicks the panel's ``button`` and waits for its operator form (``label`` in it)."""
+    page.get_by_role("button", name=button).first.click()
+    page.get_by_text(label, exact=True).first.wait_for()
+    time.sleep(2)
+
+
+def _output_text(page):
+    """The text of the operator's output dialog (the App shows it in a modal)."""
+    dialog = page.get_by_role("dialog")
+    return (dialog.last if dialog.count() else page.locator("body")).inner_text()
+
+
+def _shown_text(text, label):
+    """The value the output shows after ``label:`` (on the next line)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[lines.index(label + ":") + 1]
+
+
+def _decode_coco(labels_path):
+    """{file_name: semantic mask} rebuilt with pycocotools' own COCO API (annToMask)."""
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(labels_path))
+    out = {}
+    for img_id in coco.getImgIds():
+        info = coco.loadImgs(img_id)[0]
+        m = np.zeros((info["height"], info["width"]), np.int64)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
+            m[coco.annToMask(ann).astype(bool)] = ann["category_id"]
+        out[info["file_name"]] = m
+    return out
+
+
+def _assert_coco_export_pixel_exact(fo, labels_path, view, field, targets):
+    """The export holds exactly ``view``'s images, and pycocotools and FiftyOne's COCO importer
+    both decode it to ``field``'s masks pixel for pixel (background 0 is not exported)."""
+    from support.fo import unique_name
+
+    def expected(mask):
+        m = mask.astype(np.int64)
+        return np.where(np.isin(m, [v for v in targets if v != 0]), m, 0)
+
+    sources = {Path(s.filepath).name: s[field].get_mask() for s in view}
+    decoded = _decode_coco(labels_path)
+    assert sorted(decoded) == sorted(sources)
+    for name, src in sources.items():
+        np.testing.assert_array_equal(decoded[name], expected(src), err_msg=name)
+    roots = {str(Path(s.filepath).parent) for s in view}
+    assert len(roots) == 1
+    re_ds = fo.Dataset.from_dir(dataset_type=fo.types.COCODetectionDataset,
+                                data_path=roots.pop(), labels_path=str(labels_path),
+                                label_types="segmentations", label_field="seg",
+                                name=unique_name("reimport"))
+    try:
+        assert sorted(Path(p).name for p in re_ds.values("filepath")) == sorted(sources)
+        by_name = {n: int(v) for v, n in targets.items()}
+        seg = "seg_segmentations" if re_ds.has_field("seg_segmentations") else "seg"
+        for sample in re_ds:
+            src = sources[Path(sample.filepath).name]
+            rebuilt = np.zeros(src.shape, np.int64)
+            H, W = src.shape
+            for det in (sample[seg].detections if sample[seg] else []):
+                x, y = det.bounding_box[:2]
+                x0, y0 = int(round(x * W)), int(round(y * H))
+                m = det.mask.astype(bool)
+                rebuilt[y0:y0 + m.shape[0], x0:x0 + m.shape[1]][m] = by_name[det.label]
+            np.testing.assert_array_equal(rebuilt, expected(src), err_msg=sample.filepath)
+    finally:
+        re_ds.delete()
+
+
+def test_app_prelabel_field_and_panel(fo, browser, app_server, app_dataset):
     ds = app_dataset
     shot = _Shots()
-    with _dataset_page(playwright_sync, app_server, ds, shot, "99-failure.png") as page:
+    with _dataset_page(browser, app_server, ds, shot, "99-failure.png") as page:
         shot(page, "01-dataset.png")
 
         # -- pre-label from the operator browser ------------------------------------------
@@ -232,12 +312,8 @@ def test_app_prelabel_field_and_panel(fo, playwright_sync, app_server, app_datas
         time.sleep(4)
         shot(page, "04-new-field.png")
 
-        # -- evaluate (Python side), then the panel shows the run ---------------------------
-        from tfovss_fiftyone.evaluation import run_evaluation
-        run_evaluation(ds, "ovss_app", "ground_truth", "eval_app")
         # a second run to compare with: the ground truth shifted by 12 px (a stand-in for
         # a better method; the tiny synthetic CLIP's masks score ~0)
-        import numpy as np
         rough = {}
         for s in ds.exists("ground_truth"):
             m = np.roll(s.ground_truth.get_mask(), 12, axis=1)
@@ -247,7 +323,96 @@ def test_app_prelabel_field_and_panel(fo, playwright_sync, app_server, app_datas
         mt["gt_shifted"] = mt["ground_truth"]
         ds.mask_targets = mt
         ds.save()
-        run_evaluation(ds, "gt_shifted", "ground_truth", "eval_shifted")
+
+        # -- evaluate both from the panel's "Evaluate…" button, the form clicked through ----
+        # (the evaluation reloads the dataset, which closes the panel: opened again each time)
+        _open_evaluations_panel(page)
+        page.get_by_text("No segmentation evaluation on this dataset yet", exact=False) \
+            .first.wait_for()
+        results = {}
+        for pred, key, png in (("ovss_app", "eval_app", "20-evaluate-form.png"),
+                               ("gt_shifted", "eval_shifted", None)):
+            if results:
+                _open_evaluations_panel(page, *results)
+            _open_panel_form(page, "Evaluate…", "Evaluation key")
+            _pick(page, "Predictions", pred)
+            _pick(page, "Ground truth", "ground_truth")
+            page.locator(f"input[value='eval_{pred}']").first.fill(key)
+            page.get_by_text("21 classes from mask_targets", exact=False).first.wait_for()
+            time.sleep(1)
+            if png:
+                shot(page, png)
+            page.get_by_role("button", name="Execute").click()
+            page.get_by_text("Evaluation finished", exact=True).first.wait_for(timeout=120000)
+            time.sleep(1)
+            output = _output_text(page)
+            ds.reload()
+            res = results[key] = ds.load_evaluation_results(key)
+            summary = res.metrics_summary
+            assert _shown_text(output, "Evaluation key") == key
+            for label, value in (("mIoU (%)", summary["mIoU"]),
+                                 ("Pixel accuracy aAcc (%)", summary["aAcc"]),
+                                 ("Mean class accuracy mAcc (%)", summary["mAcc"])):
+                assert float(_shown_text(output, label)) == round(100 * value, 2), \
+                    (key, label, output)
+            if png:
+                shot(page, "21-evaluate-done.png")
+            _close_output(page)
+        res = results["eval_shifted"]
+        assert res.mIoU > 0.1  # the shifted ground truth overlaps: the numbers say something
+
+        # -- the panel shows the runs: mIoU and per-class IoU equal the stored evaluations' -
+        _open_evaluations_panel(page, *results)
+        runs_table = page.locator("table", has=page.get_by_text("eval_shifted", exact=True)).first
+        runs_table.wait_for()
+        page.get_by_text("eval_app", exact=True).first.wait_for()
+        time.sleep(2)
+        runs = _table_rows(runs_table, "Eval key")
+        for key, r in results.items():
+            assert float(runs[key]["mIoU %"]) == round(100 * r.mIoU, 2), key
+            assert float(runs[key]["aAcc %"]) == round(100 * r.aAcc, 2), key
+        assert runs["eval_app"]["Method"] == "sclip"
+        # the run shown is the latest one: eval_shifted
+        per_class = _table_rows(page.locator("table", has=page.get_by_text(
+            "IoU % (run)", exact=True)).first, "Class")
+        stored = {c["name"]: round(100 * c["iou"], 2) for c in res.per_class()
+                  if c["iou"] is not None and not np.isnan(c["iou"])}
+        assert len(stored) > 2 and any(stored.values())
+        assert {k: float(v["IoU % (run)"]) for k, v in per_class.items()} == stored
+        page.get_by_text("Per class", exact=True).first.scroll_into_view_if_needed()
+        time.sleep(1)
+        shot(page, "22-panel-per-class.png")
+        page.get_by_text("Runs", exact=True).first.scroll_into_view_if_needed()
+
+        # -- "Open worst samples": the App's view is the run's worst samples ----------------
+        worst = ds.exists("eval_shifted_miou").sort_by("eval_shifted_miou")
+        assert 0 < len(worst) < len(ds)  # the samples without ground truth have no mIoU
+        page.get_by_text(f"{len(ds)} samples", exact=True).first.wait_for()
+        page.get_by_role("button", name="Open worst samples").first.click()
+        page.get_by_text(f"{len(worst)} samples", exact=True).first.wait_for()
+        time.sleep(2)
+        shot(page, "23-worst-samples.png")
+
+        # -- "Export COCO…" from the panel on that view, read back pixel-exact --------------
+        out = ARTIFACTS / "export" / "worst_coco.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.unlink()
+        _open_panel_form(page, "Export COCO…", "COCO JSON path")
+        _pick(page, "Field", "ovss_app")
+        _input_after(page, "COCO JSON path").fill(str(out))
+        time.sleep(1)
+        shot(page, "24-export-form.png")
+        page.get_by_role("button", name="Execute").click()
+        page.get_by_text("COCO export finished", exact=True).first.wait_for(timeout=120000)
+        time.sleep(1)
+        shot(page, "25-export-done.png")
+        output = _output_text(page)
+        assert int(_shown_text(output, "Images")) == len(worst), output
+        _close_output(page)
+        _assert_coco_export_pixel_exact(fo, out, worst, "ovss_app", ds.mask_targets["ovss_app"])
+        page.goto(f"{app_server}/datasets/{ds.name}", wait_until="load")  # the whole dataset
+
         _open_evaluations_panel(page, "eval_app", "eval_shifted")
         shot(page, "05-panel.png")
         # compare the two runs: per-class IoU bars side by side, deltas
@@ -286,14 +451,14 @@ def _pick(page, label, option):
     _wait_until(lambda: select.inner_text() == option, what=f"{label}: {option}")
 
 
-def test_app_compare_methods(fo, playwright_sync, app_server, app_dataset):
+def test_app_compare_methods(fo, browser, app_server, app_dataset):
     """"Compare OVSS methods" in the App: two methods picked in the multi-select, pre-labelled
     on the shared trunk and evaluated; the mIoU it shows are the stored evaluations'."""
     ds = app_dataset
     picked = ["sclip", "clearclip"]
     fields = {m: f"cmp_{m}" for m in picked}
     shot = _Shots()
-    with _dataset_page(playwright_sync, app_server, ds, shot, "99-failure-compare.png") as page:
+    with _dataset_page(browser, app_server, ds, shot, "99-failure-compare.png") as page:
         _open_operator(page, "Compare", "Compare OVSS methods")
         methods = page.locator(".MuiAutocomplete-root",
                                has=page.get_by_placeholder(MULTI_PLACEHOLDER))
@@ -377,3 +542,4 @@ def test_app_compare_methods(fo, playwright_sync, app_server, app_dataset):
         time.sleep(3)
         shot(page, "14-compare-panel.png")
     shot.check()
+

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support.fo import (REPO_ROOT, VOC_CLASSES, coco_semantic, make_dataset,  # noqa: E402
-                        needs_core, voc_items)
+from support.exif import sensor_image, write_oriented
+from support.fo import (REPO_ROOT, URI_PRELABEL, VOC_CLASSES, coco_semantic,  # noqa: E402
+                        make_dataset, needs_core, unique_name, voc_items)
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "e2e"
@@ -247,8 +248,6 @@ def _decode_coco(labels_path):
 def _assert_coco_export_pixel_exact(fo, labels_path, view, field, targets):
     """The export holds exactly ``view``'s images, and pycocotools and FiftyOne's COCO importer
     both decode it to ``field``'s masks pixel for pixel (background 0 is not exported)."""
-    from support.fo import unique_name
-
     def expected(mask):
         m = mask.astype(np.int64)
         return np.where(np.isin(m, [v for v in targets if v != 0]), m, 0)
@@ -390,6 +389,8 @@ def test_app_prelabel_field_and_panel(fo, browser, app_server, app_dataset):
         page.get_by_text(f"{len(ds)} samples", exact=True).first.wait_for()
         page.get_by_role("button", name="Open worst samples").first.click()
         page.get_by_text(f"{len(worst)} samples", exact=True).first.wait_for()
+        for stage in ("Exists", "SortBy", "Limit", "eval_shifted_miou"):  # the view bar
+            page.get_by_text(stage, exact=True).first.wait_for()
         time.sleep(2)
         shot(page, "23-worst-samples.png")
 
@@ -543,3 +544,171 @@ def test_app_compare_methods(fo, browser, app_server, app_dataset):
         shot(page, "14-compare-panel.png")
     shot.check()
 
+
+
+# -- journey 2: a pre-label scheduled from the form, run by a worker the test starts -------------
+
+@pytest.fixture()
+def delegated_worker(app_server):
+    """``fiftyone delegated launch`` in a subprocess on the same database (this process's
+    FIFTYONE_* environment) and this checkout's code; stopped by its PID."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    log = open(ARTIFACTS / "worker.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from fiftyone.core.cli import main; sys.exit(main())",
+         "delegated", "launch"], env=env, cwd=str(REPO_ROOT), stdout=log,
+        stderr=subprocess.STDOUT)
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    log.close()
+
+
+def _delegated_prelabels(dataset_name):
+    import fiftyone.operators.delegated as food
+
+    return [op for op in food.DelegatedOperationService().list_operations(
+        dataset_name=dataset_name) if op.operator == URI_PRELABEL]
+
+
+def test_app_schedule_prelabel_delegated(fo, browser, app_server, app_dataset, delegated_worker):
+    """The pre-label form's *Schedule* (the split button's other choice) queues a delegated
+    run; the worker started here runs it; the field, its masks in the database and the run's
+    settings (hash, window protocol) appear, and the App shows the field after a reload."""
+    from tfovss_fiftyone.prelabel import prelabel_run_info
+
+    ds = app_dataset
+    field = "ovss_scheduled"
+    assert not _delegated_prelabels(ds.name)
+    shot = _Shots()
+    with _dataset_page(browser, app_server, ds, shot, "99-failure-schedule.png") as page:
+        _open_operator(page, "Pre-label", "Pre-label with open-vocabulary segmentation")
+        _fill_tiny_backbone_and_windows(page)
+        page.locator("input[value='ovss_sclip']").first.fill(field)
+        page.get_by_text("In the database (mask): no files, larger DB", exact=True).first.click()
+        time.sleep(1)
+        page.locator("[aria-label='split button'] button[aria-haspopup='menu']").first.click()
+        page.get_by_role("menuitem").filter(has_text="Schedule").first.click()
+        schedule = page.get_by_role("button", name="Schedule", exact=True)
+        schedule.wait_for()
+        time.sleep(1)
+        shot(page, "30-schedule-form.png")
+        schedule.click()
+
+        def finished():
+            ops = _delegated_prelabels(ds.name)
+            return ops and ops[0].run_state in ("completed", "failed")
+        _wait_until(finished, timeout=300, what="the worker to run the scheduled pre-label")
+        (op,) = _delegated_prelabels(ds.name)
+        assert op.run_state == "completed", (op.run_state, getattr(op.result, "error", None))
+        assert op.context.request_params["params"]["label_field"] == field
+
+        ds.reload()
+        labelled = ds.exists(field)
+        assert len(labelled) == len(ds)
+        first = labelled.first()[field]
+        assert first.mask is not None and first.mask_path is None  # kept in the database
+        run = prelabel_run_info(ds, field)
+        result = op.result.result
+        assert run["settings_hash"] == result["settings_hash"] and len(run["settings_hash"]) >= 8
+        assert (result["num_labelled"], result["num_failed"]) == (len(ds), 0)
+        assert run["report"]["num_labelled"] == len(ds)
+        assert run["pretrained"] == "tiny:seed0" and run["method"] == "sclip"
+        assert {k: run["settings"][k] for k in ("short_side", "crop", "stride")} == \
+            {"short_side": 96, "crop": 64, "stride": 64}, run["settings"]
+
+        # the App shows the new field once reloaded
+        page.reload(wait_until="load")
+        page.get_by_text(field, exact=True).first.wait_for()
+        time.sleep(2)
+        _dismiss_popups(page)
+        shot(page, "31-scheduled-field.png")
+    shot.check()
+
+
+# -- journey 3: bad files, each failure readable in full in the operator's output ------------------
+
+@pytest.fixture(scope="module")
+def bad_files_dataset(fo, data_dir, tmp_path_factory):
+    """One good VOC photo (with ground truth), a corrupt file, a truncated JPEG, a 16-bit PNG
+    and an EXIF-rotated JPEG (stored landscape, shown portrait)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("bad_files")
+    good_img, good_gt = voc_items(data_dir)[0]
+    good = root / "good.jpg"
+    good.write_bytes(Path(good_img).read_bytes())
+    corrupt = root / "corrupt.jpg"
+    corrupt.write_bytes(b"not an image at all" * 10)
+    truncated = root / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:600])
+    deep = root / "sixteen_bit.png"
+    Image.fromarray(np.arange(96 * 128, dtype=np.uint16).reshape(96, 128) * 5).save(deep)
+    rotated = root / "exif_rotated.jpg"
+    shown = write_oriented(rotated, sensor_image(96, 160), 6)
+    ds = fo.Dataset(unique_name("e2e-bad"))
+    ds.add_samples([fo.Sample(filepath=str(good),
+                              ground_truth=fo.Segmentation(mask=good_gt.astype(np.uint8)))] +
+                   [fo.Sample(filepath=str(p)) for p in (corrupt, truncated, deep, rotated)])
+    ds.mask_targets = {"ground_truth": dict(enumerate(VOC_CLASSES))}
+    ds.persistent = True
+    ds.app_config.active_fields = fo.ActiveFields(exclude=False, paths=["ground_truth"])
+    ds.save()
+    yield ds, {"bad": sorted(str(p) for p in (corrupt, truncated, deep)),
+               "rotated": str(rotated), "rotated_shape": shown.shape[:2],
+               "mask_dir": str(root / "masks")}
+    ds.delete()
+
+
+def test_app_prelabel_bad_files_listed_in_full(fo, browser, app_server, bad_files_dataset):
+    """A pre-label run over bad files: the good and the EXIF-rotated photos are labelled (the
+    rotated one upright), and each bad file's whole error message, as stored with the run, is
+    in the App's output on one unclipped line."""
+    from tfovss_fiftyone.prelabel import prelabel_run_info
+
+    ds, files = bad_files_dataset
+    field = "ovss_bad"
+    shot = _Shots()
+    with _dataset_page(browser, app_server, ds, shot, "99-failure-bad-files.png") as page:
+        _open_operator(page, "Pre-label", "Pre-label with open-vocabulary segmentation")
+        _fill_tiny_backbone_and_windows(page)
+        page.locator("input[value='ovss_sclip']").first.fill(field)
+        _input_after(page, "Mask folder").fill(files["mask_dir"])
+        time.sleep(1)
+        page.get_by_role("button", name="Execute").click()
+        page.get_by_text("Samples labelled", exact=False).first.wait_for(timeout=240000)
+        page.get_by_text("Failures", exact=False).first.wait_for()
+        time.sleep(1)
+        output = _output_text(page)
+        shot(page, "40-bad-files-output.png")
+
+        ds.reload()
+        report = prelabel_run_info(ds, field)["report"]
+        failures = report["failures"]
+        assert sorted(f["filepath"] for f in failures) == files["bad"]
+        assert int(_shown_text(output, "Samples labelled")) == len(ds) - 3 == \
+            report["num_labelled"]
+        assert int(_shown_text(output, "Failed")) == 3
+        assert any("16-bit" in f["error"] for f in failures)
+        items = page.get_by_role("dialog").last.locator("li")
+        shown = {}
+        for i in range(items.count()):
+            li = items.nth(i)
+            li.scroll_into_view_if_needed()
+            scroll_w, client_w = li.evaluate("e => [e.scrollWidth, e.clientWidth]")
+            assert scroll_w <= client_w + 1, li.inner_text()  # wrapped, never clipped
+            shown[li.inner_text().split(" ", 1)[0]] = li.inner_text()
+        for f in failures:
+            name = Path(f["filepath"]).name
+            assert shown[name] == f"{name} ({f['filepath']}): {f['error']}", shown
+        _close_output(page)
+
+    rotated = ds.match({"filepath": files["rotated"]}).first()[field]
+    assert rotated.get_mask().shape == files["rotated_shape"]  # upright, as displayed
+    assert rotated.mask_path.startswith(files["mask_dir"])
+    shot.check()

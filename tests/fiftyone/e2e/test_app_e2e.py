@@ -1,10 +1,19 @@
-"""End to end: the real FiftyOne App in headless Debian Chromium, driven with Python Playwright.
+"""End to end: the real FiftyOne App in headless Debian Chromium, driven with Python Playwright,
+on a real FiftyOne database, with the tiny synthetic CLIP (``tiny:seed0``) and a few samples.
+One App server and one Chromium serve every test of the module. The user's journeys, each
+asserting what the App shows against what is stored:
 
-Opens a dataset, runs the pre-label operator from the operator browser on its few samples (tiny
-synthetic CLIP: ``tiny:seed0``), sees the new field in the sidebar, opens the "OVSS evaluations"
-panel and sees the run. Runs "Compare OVSS methods" with two methods picked in its multi-select,
-checks the fields, the evaluations and the mIoU it shows. Screenshots go to
-``test-artifacts/e2e/`` (gitignored).
+1. pre-label from the operator browser, see the field; evaluate from the panel's *Evaluate…*
+   form, read mIoU and per-class IoU in the output and the panel; *Open worst samples* (the
+   App's view); *Export COCO…* from the panel on that view, read back with pycocotools and
+   FiftyOne pixel for pixel; compare two runs in the panel;
+2. schedule a pre-label from the form (*Schedule*), run by a ``fiftyone delegated launch``
+   worker the test starts: the field, masks in the database, the run's settings hash;
+3. a pre-label over bad files (corrupt, truncated, 16-bit, EXIF-rotated): each failure's whole
+   message readable in the output;
+
+and "Compare OVSS methods" with two methods picked in its multi-select. Screenshots go to
+``test-artifacts/e2e/`` (gitignored); the README's walkthrough images are copies of them.
 
 Needs ``/usr/bin/chromium`` (``apt-get install chromium``) and the ``playwright`` Python package
 (never ``playwright install``); skipped otherwise.
@@ -180,8 +189,9 @@ def _close_output(page):
         close.first.click()
 
 
-def _open_evaluations_panel(page, *eval_keys):
-    """Reloads the App, opens the "OVSS evaluations" panel and waits for ``eval_keys``."""
+def _open_evaluations_panel(page, *eval_keys, settle=3.0):
+    """Reloads the App, opens the "OVSS evaluations" panel and waits for ``eval_keys`` (then
+    ``settle`` seconds, for its plots to draw)."""
     page.reload(wait_until="load")
     page.get_by_text("ground_truth", exact=True).first.wait_for()
     time.sleep(2)
@@ -190,7 +200,7 @@ def _open_evaluations_panel(page, *eval_keys):
     page.get_by_text("OVSS evaluations", exact=True).first.click()
     for key in eval_keys:
         page.get_by_text(key, exact=True).first.wait_for()
-    time.sleep(3)
+    time.sleep(settle)
 
 
 def _choose_compared_run(page, key):
@@ -281,7 +291,7 @@ def _assert_coco_export_pixel_exact(fo, labels_path, view, field, targets):
         re_ds.delete()
 
 
-def test_app_prelabel_field_and_panel(fo, browser, app_server, app_dataset):
+def test_app_prelabel_field_and_panel(fo, browser, app_server, app_dataset, tmp_path):
     ds = app_dataset
     shot = _Shots()
     with _dataset_page(browser, app_server, ds, shot, "99-failure.png") as page:
@@ -325,14 +335,14 @@ def test_app_prelabel_field_and_panel(fo, browser, app_server, app_dataset):
 
         # -- evaluate both from the panel's "Evaluate…" button, the form clicked through ----
         # (the evaluation reloads the dataset, which closes the panel: opened again each time)
-        _open_evaluations_panel(page)
+        _open_evaluations_panel(page, settle=0.5)
         page.get_by_text("No segmentation evaluation on this dataset yet", exact=False) \
             .first.wait_for()
         results = {}
         for pred, key, png in (("ovss_app", "eval_app", "20-evaluate-form.png"),
                                ("gt_shifted", "eval_shifted", None)):
             if results:
-                _open_evaluations_panel(page, *results)
+                _open_evaluations_panel(page, *results, settle=0.5)
             _open_panel_form(page, "Evaluate…", "Evaluation key")
             _pick(page, "Predictions", pred)
             _pick(page, "Ground truth", "ground_truth")
@@ -390,15 +400,12 @@ def test_app_prelabel_field_and_panel(fo, browser, app_server, app_dataset):
         page.get_by_role("button", name="Open worst samples").first.click()
         page.get_by_text(f"{len(worst)} samples", exact=True).first.wait_for()
         for stage in ("Exists", "SortBy", "Limit", "eval_shifted_miou"):  # the view bar
-            page.get_by_text(stage, exact=True).first.wait_for()
+            page.get_by_text(stage, exact=True).locator("visible=true").first.wait_for()
         time.sleep(2)
         shot(page, "23-worst-samples.png")
 
         # -- "Export COCO…" from the panel on that view, read back pixel-exact --------------
-        out = ARTIFACTS / "export" / "worst_coco.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            out.unlink()
+        out = tmp_path / "worst_coco.json"
         _open_panel_form(page, "Export COCO…", "COCO JSON path")
         _pick(page, "Field", "ovss_app")
         _input_after(page, "COCO JSON path").fill(str(out))
@@ -412,7 +419,9 @@ def test_app_prelabel_field_and_panel(fo, browser, app_server, app_dataset):
         assert int(_shown_text(output, "Images")) == len(worst), output
         _close_output(page)
         _assert_coco_export_pixel_exact(fo, out, worst, "ovss_app", ds.mask_targets["ovss_app"])
-        page.goto(f"{app_server}/datasets/{ds.name}", wait_until="load")  # the whole dataset
+        # back to the whole dataset (the App keeps the view for the next page of this server)
+        page.locator("[data-cy='btn-clear-view-bar']").first.click()
+        page.get_by_text(f"{len(ds)} samples", exact=True).first.wait_for()
 
         _open_evaluations_panel(page, "eval_app", "eval_shifted")
         shot(page, "05-panel.png")
@@ -587,6 +596,7 @@ def test_app_schedule_prelabel_delegated(fo, browser, app_server, app_dataset, d
     assert not _delegated_prelabels(ds.name)
     shot = _Shots()
     with _dataset_page(browser, app_server, ds, shot, "99-failure-schedule.png") as page:
+        page.get_by_text(f"{len(ds)} samples", exact=True).first.wait_for()  # no view
         _open_operator(page, "Pre-label", "Pre-label with open-vocabulary segmentation")
         _fill_tiny_backbone_and_windows(page)
         page.locator("input[value='ovss_sclip']").first.fill(field)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 
 import fiftyone.operators as foo
 from fiftyone.operators import types
@@ -19,6 +20,17 @@ SORT_ORDERS = ("class order", "IoU ascending", "IoU descending")
 TOP_CONFUSED = 10
 #: the heatmap shows at most this many classes (the most confused ones); 171 rows are unreadable
 HEATMAP_CLASSES = 20
+
+
+#: FiftyOne reads a run's stored results through the dataset's shared run document, and two
+#: threads reading the same one at once fail ("'str' object has no attribute 'decode'"); the
+#: App runs panel events (on_load, on_sort, ...) concurrently, so the panel reads one at a time
+_RESULTS_LOCK = threading.Lock()
+
+
+def _load_results(dataset, key):
+    with _RESULTS_LOCK:
+        return dataset.load_evaluation_results(key, cache=False)
 
 
 def _f(v):
@@ -48,7 +60,7 @@ def evaluation_rows(dataset) -> list[dict]:
         try:
             info = dataset.get_evaluation_info(key)
             cfg = info.config
-            res = dataset.load_evaluation_results(key, cache=False)
+            res = _load_results(dataset, key)
         except Exception as e:  # a run that cannot be loaded is still listed
             rows.append({"eval_key": key, "method": "?", "backbone": "", "settings": str(e)[:80],
                          "pred_field": "", "gt_field": "", "mIoU": None, "aAcc": None,
@@ -133,7 +145,7 @@ _run_rows = evaluation_rows
 def per_class_rows(dataset, key) -> list[dict]:
     """The per-class IoU / accuracy of evaluation ``key`` (``[]`` when it cannot be loaded)."""
     try:
-        res = dataset.load_evaluation_results(key, cache=False)
+        res = _load_results(dataset, key)
     except Exception:
         return []
     if hasattr(res, "per_class"):
@@ -169,7 +181,7 @@ def confusion_rows(dataset, key) -> tuple[list[str], list[list[float | None]]]:
     import numpy as np
 
     try:
-        res = dataset.load_evaluation_results(key, cache=False)
+        res = _load_results(dataset, key)
         cm = np.asarray(res.pixel_confusion_matrix, dtype=np.float64)
     except Exception:
         return [], []
@@ -195,7 +207,7 @@ def top_confused_pairs(dataset, key, k: int = TOP_CONFUSED) -> list[dict]:
     names, norm = confusion_rows(dataset, key)
     if not names:
         return []
-    cm = np.asarray(dataset.load_evaluation_results(key, cache=False).pixel_confusion_matrix)
+    cm = np.asarray(_load_results(dataset, key).pixel_confusion_matrix)
     cells = [(norm[i][j], i, j) for i in range(len(names)) for j in range(len(names))
              if i != j and norm[i][j] is not None and cm[i, j] > 0]
     cells.sort(key=lambda c: (-c[0], c[1], c[2]))

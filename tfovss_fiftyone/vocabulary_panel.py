@@ -10,6 +10,11 @@ new class and the post-processing). The preview is exactly what the pre-label ru
 sample: the same Segmenter construction, the same settings hash. "Apply to dataset / view"
 opens the pre-label operator pre-filled with this vocabulary and these settings. The preview field
 is deleted when the panel closes or the vocabulary is applied: it is never left as a user field.
+
+A dataset can set the panel's starting values (weights, window settings, vocabulary...) in
+``dataset.app_config.plugins["vocabulary_studio"]``, FiftyOne's per-dataset plugin settings: e.g.
+``{"pretrained": "tiny:seed0", "short_side": 96}``; the panel's own defaults are the pre-label
+operator's.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ DEFAULT_VOCABULARY = "background\nperson, man, woman, child\ncar\ntree\nsky"
 DEFAULTS = {"method": "sclip", "arch": "ViT-B-16", "pretrained": "openai", "device": None, "batch_size": 8,
             "prob_thd": 0.0, "vocab_source": "text", "vocabulary": DEFAULT_VOCABULARY}
 SOURCES = ("text", "preset", "mask_targets")
+APP_CONFIG_KEY = "vocabulary_studio"   # dataset.app_config.plugins[APP_CONFIG_KEY]: starting values
 
 _CACHE = None
 
@@ -81,7 +87,8 @@ def build_segmenter(state: dict, dataset=None):
 
 
 def preview(dataset, sample_id: str, state: dict) -> dict:
-    """Segments the sample, writes the preview field on it, returns the per-class shares."""
+    """Segments the sample, writes the preview field on it, returns the per-class shares (and
+    ``field_added``: the preview field was just created, so the App must reload the schema)."""
     import fiftyone as fo
 
     sample = dataset[sample_id]
@@ -89,7 +96,8 @@ def preview(dataset, sample_id: str, state: dict) -> dict:
     result = seg.predict(sample.filepath)
     lut = np.asarray([v for v, _ in rows], dtype=np.int64)
     mask = lut[result.mask.astype(np.int64)].astype(np.uint8 if lut.max() <= 255 else np.uint16)
-    if PREVIEW_FIELD not in dataset.get_field_schema():
+    field_added = PREVIEW_FIELD not in dataset.get_field_schema()
+    if field_added:
         dataset.add_sample_field(PREVIEW_FIELD, fo.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
     targets = dict(dataset.mask_targets or {})
     targets[PREVIEW_FIELD] = {int(v): str(names[0]) for v, names in rows}
@@ -102,7 +110,16 @@ def preview(dataset, sample_id: str, state: dict) -> dict:
               for (v, names), c in zip(rows, counts)]
     return {"shares": sorted(shares, key=lambda r: -r["share"]), "settings_hash": run_hash,
             "mean_confidence": round(float(result.confidence.mean()), 4),
-            "from_features": bool(getattr(result, "from_features", False))}
+            "from_features": bool(getattr(result, "from_features", False)), "field_added": field_added}
+
+
+def starting_state(dataset) -> dict:
+    """The panel's starting values: :data:`DEFAULTS` overlaid with the dataset's plugin settings
+    (``dataset.app_config.plugins["vocabulary_studio"]``)."""
+    configured = {}
+    if dataset is not None:
+        configured = dict((dataset.app_config.plugins or {}).get(APP_CONFIG_KEY) or {})
+    return {**DEFAULTS, **configured}
 
 
 def remove_preview(dataset) -> None:
@@ -160,11 +177,16 @@ class VocabularyStudioPanel(foo.Panel):
         ctx.panel.set_state("error", None)
         ctx.panel.set_state("settings_hash", out["settings_hash"])
         ctx.panel.set_data("shares", out["shares"])
-        ctx.ops.reload_samples()
+        if out["field_added"]:
+            # a new field: the App must reload the schema to draw it, and show it (the overlay)
+            ctx.ops.reload_dataset()
+            ctx.ops.set_active_fields([PREVIEW_FIELD])
+        else:
+            ctx.ops.reload_samples()
 
     # -- events --------------------------------------------------------------------------------
     def on_load(self, ctx):
-        for k, v in DEFAULTS.items():
+        for k, v in starting_state(ctx.dataset).items():
             if ctx.panel.get_state(k) is None and v is not None:
                 ctx.panel.set_state(k, v)
         self._update(ctx)
@@ -211,6 +233,9 @@ class VocabularyStudioPanel(foo.Panel):
                    label="Method", on_change=self.on_change_setting)
         panel.float("prob_thd", default=ctx.panel.get_state("prob_thd") or 0.0, min=0.0, max=1.0,
                     label="Background threshold", view=types.SliderView(), on_change=self.on_change_setting)
+        panel.str("pretrained", default=ctx.panel.get_state("pretrained"), label="Pretrained weights",
+                  description=f"Of the model {ctx.panel.get_state('arch')}: an open_clip tag or a checkpoint",
+                  on_change=self.on_change_setting)
         error = ctx.panel.get_state("error")
         if error:
             panel.view("error", types.Error(label=error))
@@ -218,5 +243,8 @@ class VocabularyStudioPanel(foo.Panel):
         table.add_column("class", label="Class")
         table.add_column("share", label="Pixels %")
         panel.list("shares", types.Object(), view=table, label="Per class")
+        run_hash = ctx.panel.get_state("settings_hash")
+        if run_hash and not error:
+            panel.view("settings_hash", types.Notice(label=f"Settings hash {run_hash}"))
         panel.btn("apply", label="Apply to dataset / view…", on_click=self.on_apply, variant="contained")
         return types.Property(panel, view=types.GridView(orientation="vertical", height=100, width=100))

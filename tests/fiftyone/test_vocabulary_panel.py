@@ -36,6 +36,9 @@ class FakeOps:
     def reload_dataset(self):
         self.calls.append("reload_dataset")
 
+    def set_active_fields(self, fields=None):
+        self.calls.append(("set_active_fields", list(fields or [])))
+
 
 class FakeCtx:
     def __init__(self, dataset, sample_id, state, params=None):
@@ -57,7 +60,9 @@ def test_preview_equals_a_prelabel_of_the_sample_and_is_removed(fo, foo, voc_ds,
     ctx = FakeCtx(voc_ds, sample.id, state)
     panel.on_load(ctx)
     assert ctx.panel.state["error"] is None, ctx.panel.state["error"]
-    assert PREVIEW_FIELD in voc_ds.get_field_schema() and "reload_samples" in ctx.ops.calls
+    # the new field: the App reloads the schema and shows it (the overlay)
+    assert PREVIEW_FIELD in voc_ds.get_field_schema()
+    assert ctx.ops.calls == ["reload_dataset", ("set_active_fields", [PREVIEW_FIELD])]
     first = voc_ds[sample.id][PREVIEW_FIELD].mask.copy()
     shares = ctx.panel.data["shares"]
     assert sorted(r["class"] for r in shares) == ["aeroplane", "background", "cat", "person"]
@@ -70,6 +75,7 @@ def test_preview_equals_a_prelabel_of_the_sample_and_is_removed(fo, foo, voc_ds,
     ctx.params = {"path": "vocabulary", "value": VOCAB.replace("cat, kitten", "cat, kitten, tabby")}
     panel.on_change_setting(ctx)
     assert ctx.panel.state["vocabulary"].count("tabby") == 1 and ctx.panel.state["error"] is None
+    assert ctx.ops.calls[-1] == "reload_samples"   # the field exists: only the samples change
 
     # apply: the pre-label operator, pre-filled; the preview field is gone
     panel.on_apply(ctx)

@@ -149,6 +149,11 @@ def prelabel_params(state: dict) -> dict:
     return params
 
 
+def shares_key(version: int) -> str:
+    """The panel data key of the per-class shares of update ``version``."""
+    return f"shares_{int(version)}"
+
+
 class VocabularyStudioPanel(foo.Panel):
     @property
     def config(self):
@@ -176,7 +181,12 @@ class VocabularyStudioPanel(foo.Panel):
             return
         ctx.panel.set_state("error", None)
         ctx.panel.set_state("settings_hash", out["settings_hash"])
-        ctx.panel.set_data("shares", out["shares"])
+        # each update under a new data key: the App merges a panel's list data by index, so a
+        # shorter list written over a longer one would keep the longer one's last rows
+        version = int(ctx.panel.get_state("shares_version") or 0) + 1
+        ctx.panel.set_data(shares_key(version - 1), None)
+        ctx.panel.set_data(shares_key(version), out["shares"])
+        ctx.panel.set_state("shares_version", version)
         if out["field_added"]:
             # a new field: the App must reload the schema to draw it, and show it (the overlay)
             ctx.ops.reload_dataset()
@@ -242,7 +252,8 @@ class VocabularyStudioPanel(foo.Panel):
         table = types.TableView()
         table.add_column("class", label="Class")
         table.add_column("share", label="Pixels %")
-        panel.list("shares", types.Object(), view=table, label="Per class")
+        panel.list(shares_key(ctx.panel.get_state("shares_version") or 0), types.Object(), view=table,
+                   label="Per class")
         run_hash = ctx.panel.get_state("settings_hash")
         if run_hash and not error:
             panel.view("settings_hash", types.Notice(label=f"Settings hash {run_hash}"))

@@ -51,7 +51,7 @@ class FakeCtx:
 
 
 def test_preview_equals_a_prelabel_of_the_sample_and_is_removed(fo, foo, voc_ds, tmp_path):
-    from tfovss_fiftyone.vocabulary_panel import PREVIEW_FIELD, VocabularyStudioPanel
+    from tfovss_fiftyone.vocabulary_panel import PREVIEW_FIELD, VocabularyStudioPanel, shares_key
 
     panel = VocabularyStudioPanel()
     sample = voc_ds.first()
@@ -64,7 +64,7 @@ def test_preview_equals_a_prelabel_of_the_sample_and_is_removed(fo, foo, voc_ds,
     assert PREVIEW_FIELD in voc_ds.get_field_schema()
     assert ctx.ops.calls == ["reload_dataset", ("set_active_fields", [PREVIEW_FIELD])]
     first = voc_ds[sample.id][PREVIEW_FIELD].mask.copy()
-    shares = ctx.panel.data["shares"]
+    shares = ctx.panel.data[shares_key(ctx.panel.state["shares_version"])]
     assert sorted(r["class"] for r in shares) == ["aeroplane", "background", "cat", "person"]
     assert sum(r["share"] for r in shares) == pytest.approx(100.0, abs=0.05)
     by_value = {r["value"]: r["share"] for r in shares}

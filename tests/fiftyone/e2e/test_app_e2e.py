@@ -22,44 +22,26 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from support.app import (ARTIFACTS, CHROME_ARGS, CHROMIUM, VIEWPORT, Shots, app_server as run_app_server,
+                         dismiss_popups, sync_playwright_or_skip, wait_until)
 from support.exif import sensor_image, write_oriented
 from support.fo import (REPO_ROOT, URI_PRELABEL, VOC_CLASSES, coco_semantic,  # noqa: E402
                         make_dataset, needs_core, unique_name, voc_items)
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = REPO_ROOT / "test-artifacts" / "e2e"
-CHROME_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--disable-background-networking", "--disable-component-update",
-               "--no-first-run", "--disable-sync", "--window-size=1920,1080"]
-
 pytestmark = [pytest.mark.e2e, needs_core]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def playwright_sync():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} missing (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright (Python package) is not installed")
-    return sync_playwright
+    return sync_playwright_or_skip()
 
 
 @pytest.fixture(scope="module")
@@ -79,63 +61,14 @@ def app_dataset(fo, data_dir):
 
 @pytest.fixture(scope="module")
 def app_server(app_dataset):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    env = dict(os.environ)
-    env["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "true"
-    log = open(ARTIFACTS / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "fiftyone.server.main", "--address",
-                             "127.0.0.1", "--port", str(port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, cwd=str(REPO_ROOT))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except Exception:
-            if proc.poll() is not None:
-                pytest.fail(f"App server exited; see {ARTIFACTS / 'server.log'}")
-            time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("App server did not start in 90 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    log.close()
-
-
-def _dismiss_popups(page):
-    for text in ("Dismiss", "Got it", "Close"):
-        try:
-            btn = page.get_by_role("button", name=text)
-            if btn.count():
-                btn.first.click(timeout=1000)
-        except Exception:
-            pass
+    with run_app_server(ARTIFACTS / "server.log") as url:
+        yield url
 
 
 def _input_after(page, label_text):
     """The first input/textarea after a form label (inputs have no name or label attribute)."""
     return page.get_by_text(label_text, exact=True).first.locator(
         "xpath=following::*[self::input or self::textarea][1]")
-
-
-class _Shots(list):
-    """``shots(page, name)`` saves a screenshot under ARTIFACTS and remembers its path."""
-
-    def __call__(self, page, name):
-        p = ARTIFACTS / name
-        page.screenshot(path=str(p))
-        self.append(p)
-
-    def check(self):
-        assert all(s.is_file() and s.stat().st_size > 10000 for s in self)
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +83,13 @@ def browser(playwright_sync):
 @contextlib.contextmanager
 def _dataset_page(browser, app_server, ds, shots, failure_png, ready_text="ground_truth"):
     """A Chromium page showing ``ds`` in the App; ``failure_png`` is saved if the body raises."""
-    page = browser.new_page(viewport={"width": 1920, "height": 1080})
+    page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(60000)
     try:
         page.goto(f"{app_server}/datasets/{ds.name}", wait_until="load")
         page.get_by_text(ready_text, exact=True).first.wait_for()
         time.sleep(3)
-        _dismiss_popups(page)
+        dismiss_popups(page)
         _clear_view(page)
         yield page
     except Exception:
@@ -204,7 +137,7 @@ def _open_evaluations_panel(page, *eval_keys, settle=3.0):
     page.reload(wait_until="load")
     page.get_by_text("ground_truth", exact=True).first.wait_for()
     time.sleep(2)
-    _dismiss_popups(page)
+    dismiss_popups(page)
     page.locator("[data-cy='new-panel-btn'], [title='New panel']").first.click()
     page.get_by_text("OVSS evaluations", exact=True).first.click()
     for key in eval_keys:
@@ -264,6 +197,25 @@ def _decode_coco(labels_path):
     return out
 
 
+def _fill_and_keep(page, label, value, settle=3):
+    """Fills the input after ``label`` until it keeps ``value`` for ``settle`` polls in a row: the
+    form re-resolves after a change of another input (here the field, whose default path follows)
+    and a late re-render can reset what was typed before it."""
+    box = _input_after(page, label)
+    kept = 0
+
+    def stable():
+        nonlocal kept
+        if box.input_value() == value:
+            kept += 1
+        else:
+            kept = 0
+            box.fill(value)
+        return kept >= settle
+
+    wait_until(stable, timeout=30, interval=0.5, what=f"{label!r} to keep {value!r}")
+
+
 def _assert_coco_export_pixel_exact(fo, labels_path, view, field, targets):
     """The export holds exactly ``view``'s images, and pycocotools and FiftyOne's COCO importer
     both decode it to ``field``'s masks pixel for pixel (background 0 is not exported)."""
@@ -302,7 +254,7 @@ def _assert_coco_export_pixel_exact(fo, labels_path, view, field, targets):
 
 def test_app_prelabel_field_and_panel(fo, browser, app_server, app_dataset, tmp_path):
     ds = app_dataset
-    shot = _Shots()
+    shot = Shots()
     with _dataset_page(browser, app_server, ds, shot, "99-failure.png") as page:
         shot(page, "01-dataset.png")
 
@@ -415,7 +367,7 @@ def test_app_prelabel_field_and_panel(fo, browser, app_server, app_dataset, tmp_
         out = tmp_path / "worst_coco.json"
         _open_panel_form(page, "Export COCO…", "COCO JSON path")
         _pick(page, "Field", "ovss_app")
-        _input_after(page, "COCO JSON path").fill(str(out))
+        _fill_and_keep(page, "COCO JSON path", str(out))
         time.sleep(1)
         shot(page, "24-export-form.png")
         page.get_by_role("button", name="Execute").click()
@@ -442,14 +394,6 @@ def test_app_prelabel_field_and_panel(fo, browser, app_server, app_dataset, tmp_
 MULTI_PLACEHOLDER = "Type and press enter to add a value"  # the App's multi-select input
 
 
-def _wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
-
-
 def _table_rows(table, key):
     """``{row[key]: row}`` of an App table, each row ``{column header: cell text}``."""
     header = table.locator("thead th").all_inner_texts()
@@ -464,7 +408,7 @@ def _pick(page, label, option):
         "xpath=following::*[contains(@class, 'MuiSelect-select')][1]")
     select.click()
     page.get_by_role("option", name=option, exact=True).first.click()
-    _wait_until(lambda: select.inner_text() == option, what=f"{label}: {option}")
+    wait_until(lambda: select.inner_text() == option, what=f"{label}: {option}")
 
 
 def test_app_compare_methods(fo, browser, app_server, app_dataset):
@@ -473,7 +417,7 @@ def test_app_compare_methods(fo, browser, app_server, app_dataset):
     ds = app_dataset
     picked = ["sclip", "clearclip"]
     fields = {m: f"cmp_{m}" for m in picked}
-    shot = _Shots()
+    shot = Shots()
     with _dataset_page(browser, app_server, ds, shot, "99-failure-compare.png") as page:
         _open_operator(page, "Compare", "Compare OVSS methods")
         methods = page.locator(".MuiAutocomplete-root",
@@ -491,16 +435,16 @@ def test_app_compare_methods(fo, browser, app_server, app_dataset):
         methods.locator("[title='Clear']").click()
         page.get_by_text("Methods", exact=True).first.click()  # blur
         page.get_by_text("Pick at least one method", exact=True).first.wait_for()
-        _wait_until(lambda: not chosen(), what="no chips")
-        _wait_until(execute.is_disabled, what="Execute disabled")
+        wait_until(lambda: not chosen(), what="no chips")
+        wait_until(execute.is_disabled, what="Execute disabled")
         box = methods.get_by_placeholder(MULTI_PLACEHOLDER)
         box.click()
         page.get_by_role("option", name="sclip", exact=True).click()  # from the list
         box.fill("clearc")  # typed, filtered, Enter picks the highlighted one
         page.keyboard.press("Enter")
-        _wait_until(lambda: chosen() == picked, what=f"chips {picked}")
+        wait_until(lambda: chosen() == picked, what=f"chips {picked}")
         page.get_by_text("Pick at least one method", exact=True).wait_for(state="detached")
-        _wait_until(execute.is_enabled, what="Execute enabled")
+        wait_until(execute.is_enabled, what="Execute enabled")
         box.click()  # the list offers only the methods not picked yet
         page.get_by_role("option", name="naclip", exact=True).wait_for()
         options = page.get_by_role("option").all_inner_texts()
@@ -600,7 +544,7 @@ def test_app_schedule_prelabel_delegated(fo, browser, app_server, app_dataset, d
     ds = app_dataset
     field = "ovss_scheduled"
     assert not _delegated_prelabels(ds.name)
-    shot = _Shots()
+    shot = Shots()
     with _dataset_page(browser, app_server, ds, shot, "99-failure-schedule.png") as page:
         page.get_by_text(f"{len(ds)} samples", exact=True).first.wait_for()  # no view
         _open_operator(page, "Pre-label", "Pre-label with open-vocabulary segmentation")
@@ -619,7 +563,7 @@ def test_app_schedule_prelabel_delegated(fo, browser, app_server, app_dataset, d
         def finished():
             ops = _delegated_prelabels(ds.name)
             return ops and ops[0].run_state in ("completed", "failed")
-        _wait_until(finished, timeout=300, what="the worker to run the scheduled pre-label")
+        wait_until(finished, timeout=300, what="the worker to run the scheduled pre-label")
         (op,) = _delegated_prelabels(ds.name)
         assert op.run_state == "completed", (op.run_state, getattr(op.result, "error", None))
         assert op.context.request_params["params"]["label_field"] == field
@@ -642,7 +586,7 @@ def test_app_schedule_prelabel_delegated(fo, browser, app_server, app_dataset, d
         page.reload(wait_until="load")
         page.get_by_text(field, exact=True).first.wait_for()
         time.sleep(2)
-        _dismiss_popups(page)
+        dismiss_popups(page)
         shot(page, "31-scheduled-field.png")
     shot.check()
 
@@ -689,12 +633,12 @@ def test_app_prelabel_bad_files_listed_in_full(fo, browser, app_server, bad_file
 
     ds, files = bad_files_dataset
     field = "ovss_bad"
-    shot = _Shots()
+    shot = Shots()
     with _dataset_page(browser, app_server, ds, shot, "99-failure-bad-files.png") as page:
         _open_operator(page, "Pre-label", "Pre-label with open-vocabulary segmentation")
         _fill_tiny_backbone_and_windows(page)
         page.locator("input[value='ovss_sclip']").first.fill(field)
-        _input_after(page, "Mask folder").fill(files["mask_dir"])
+        _fill_and_keep(page, "Mask folder", files["mask_dir"])
         time.sleep(1)
         page.get_by_role("button", name="Execute").click()
         page.get_by_text("Samples labelled", exact=False).first.wait_for(timeout=240000)

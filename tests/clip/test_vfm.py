@@ -87,25 +87,69 @@ def test_bad_files_fail_with_the_path_and_the_problem(tiny_spec, tmp_path):
         load_vfm("dinov3", None, "cpu")
 
 
-def test_a_missing_official_checkpoint_is_never_downloaded_and_the_error_says_how_to_fix(tiny_spec, tmp_path,
-                                                                                          monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+def _serve(directory):
+    """A loopback HTTP server over ``directory`` (stopped by the caller): ``(server, base URL)``."""
+    import functools
+    import http.server
+    import threading
 
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_the_official_checkpoint_is_downloaded_once_into_torch_hubs_folder(tiny_spec, tmp_path, monkeypatch):
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.save(_state_dict(), served / TINY.checkpoint_file)
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    server, base = _serve(served)
+    try:
+        monkeypatch.setitem(VFM_REGISTRY, TINY.name, dataclasses.replace(TINY, url=f"{base}/{TINY.checkpoint_file}"))
+        model = load_vfm(TINY.name, None, "cpu")
+        target = hub / "checkpoints" / TINY.checkpoint_file
+        assert target.read_bytes() == (served / TINY.checkpoint_file).read_bytes()
+        assert model.label == f"file:{TINY.checkpoint_file}"
+        assert [p for p in (hub / "checkpoints").iterdir()] == [target]    # no partial file left
+    finally:
+        server.shutdown()
+    # the server is gone: the file already downloaded is used, nothing is fetched again
+    vfm_module.clear_vfm_cache()
+    assert load_vfm(TINY.name, "official", "cpu").label == f"file:{TINY.checkpoint_file}"
+
+
+def test_a_failed_download_names_the_cause_and_the_fix_and_leaves_no_file(tiny_spec, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    server, base = _serve(tmp_path)
+    server.shutdown()
+    server.server_close()                      # a loopback port nothing listens on any more
+    monkeypatch.setitem(VFM_REGISTRY, TINY.name, dataclasses.replace(TINY, url=f"{base}/{TINY.checkpoint_file}"))
+    for weights in (None, TINY.name):
+        with pytest.raises(tc.WeightsError) as err:
+            load_vfm(TINY.name, weights, "cpu")
+        msg = str(err.value)
+        assert f"could not download the {TINY.name} weights from {base}" in msg
+        assert "URLError" in msg or "ConnectionRefused" in msg, msg
+        assert "vfm_weights=/path/to/" in msg and "facebookresearch/dino" in msg
+        assert not (tmp_path / "checkpoints" / TINY.checkpoint_file).exists()
+
+
+def test_the_official_dino_urls_are_those_of_facebookresearch_dino():
+    assert vfm_spec("dino_vitb8").url == "https://dl.fbaipublicfiles.com/dino/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"
+    assert vfm_spec("dino_vits16").url == ("https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/"
+                                          "dino_deitsmall16_pretrain.pth")
+
+
+def test_a_local_file_never_touches_the_network(tiny_spec, tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("tried to download")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    for weights in (None, "dino_vitb8"):
-        with pytest.raises(tc.WeightsError) as err:
-            load_vfm("dino_vitb8", weights, "cpu")
-        msg = str(err.value)
-        assert "does not download" in msg and "dino_vitbase8_pretrain.pth" in msg and "vfm_weights=" in msg
-        assert "facebookresearch/dino" in msg
-    # the official file already in torch hub's checkpoint folder is used as a local file
-    (tmp_path / "checkpoints").mkdir()
-    torch.save(_state_dict(), tmp_path / "checkpoints" / TINY.checkpoint_file)
-    assert load_vfm(TINY.name, None, "cpu").label == f"file:{TINY.checkpoint_file}"
+    path = tmp_path / "weights.pth"
+    torch.save(_state_dict(), path)
+    assert load_vfm(TINY.name, str(path), "cpu").label == "file:weights.pth"
 
 
 def test_input_is_clip_unnormalised_then_imagenet_normalised_without_resize(tiny_spec):

@@ -9,9 +9,11 @@ windows the driver hands a method.
   as ``facebookresearch/dino``'s hub entries build them (``dino_vits16``, ``dino_vits8``,
   ``dino_vitb16``, ``dino_vitb8``). DINOv2 (with registers), SAM or MAE encoders are further
   :class:`VfmSpec` s with their own ``build`` function and checkpoint names.
-* :func:`load_vfm` takes a local checkpoint file, an in-memory state dict, or ``"random"`` (seeded
-  random weights for tests and timing only). It never downloads: without a local file it looks for
-  the official checkpoint in torch hub's checkpoint folder and otherwise fails with the fix.
+* :func:`load_vfm` takes a local checkpoint file (never touching the network), an in-memory state
+  dict, ``"random"`` (seeded random weights for tests and timing only), or the model's name: the
+  official checkpoint from torch hub's checkpoint folder, downloaded there once from its official
+  URL as ``torch.hub`` does for ``facebookresearch/dino``; a failed download names its cause and
+  the fix.
 * Loaded models are cached per process (file path, size and modification time, device), so every
   Segmenter of a run shares one copy.
 * :meth:`VisionFoundationModel.patch_features` takes CLIP-normalised windows (the driver's) and
@@ -64,6 +66,7 @@ class VfmSpec:
     ln_eps: float = 1e-6
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    url: str = ""                   # where the official checkpoint is downloaded from ("": nowhere)
 
 
 VFM_REGISTRY: dict[str, VfmSpec] = {}
@@ -205,9 +208,14 @@ class DinoViT(nn.Module):
         return (a @ v).transpose(1, 2).reshape(n, length, c)
 
 
+#: where facebookresearch/dino's hubconf.py downloads its checkpoints from
+DINO_DOWNLOAD_ROOT = "https://dl.fbaipublicfiles.com/dino/"
+
+
 def _dino(name: str, dim: int, heads: int, patch: int, file: str) -> VfmSpec:
     return VfmSpec(name=name, family="dino", embed_dim=dim, depth=12, num_heads=heads, patch_size=patch,
-                   checkpoint_file=file, source=f"facebookresearch/dino hubconf.py `{name}`", build=DinoViT)
+                   checkpoint_file=file, source=f"facebookresearch/dino hubconf.py `{name}`", build=DinoViT,
+                   url=f"{DINO_DOWNLOAD_ROOT}{Path(file).stem}/{file}")
 
 
 for _spec in (_dino("dino_vits16", 384, 6, 16, "dino_deitsmall16_pretrain.pth"),
@@ -316,9 +324,10 @@ def load_vfm(name: str = "dino_vitb8", weights=None, device=None) -> VisionFound
     * a state dict in memory (not cached: the caller holds it);
     * ``"random"`` or ``"random:<seed>"``: seeded random weights, for tests and timing only (its
       segmentations mean nothing);
-    * ``None`` or the model's own name: the official checkpoint file if it is already in torch hub's
-      checkpoint folder, otherwise a :class:`WeightsError` that says how to get it. tfovss never
-      downloads VFM weights itself.
+    * ``None`` or the model's own name: the official checkpoint in torch hub's checkpoint folder,
+      downloaded there first from ``VfmSpec.url`` when it is missing (once; a partial download never
+      takes the file's name); a failed download raises a :class:`WeightsError` naming the cause and
+      how to get the file by hand.
 
     Models from files and random weights are cached per process and device.
     """
@@ -329,12 +338,7 @@ def load_vfm(name: str = "dino_vitb8", weights=None, device=None) -> VisionFound
     if weights is None or (isinstance(weights, str) and weights.strip().lower() in ("", spec.name, "official")):
         path = Path(torch.hub.get_dir()) / "checkpoints" / spec.checkpoint_file
         if not path.is_file():
-            raise WeightsError(
-                f"the {spec.name} weights are not on this machine, and tfovss does not download them. Fix: "
-                f"download the official checkpoint {spec.checkpoint_file} (from {spec.source}) and pass its "
-                f"path as vfm_weights='/path/to/{spec.checkpoint_file}' (CLI: --set "
-                f"vfm_weights=/path/to/{spec.checkpoint_file}), or put it in torch hub's checkpoint folder "
-                f"({path.parent}).")
+            download_official_checkpoint(spec, path)
         weights = path
     if isinstance(weights, str) and weights.strip().lower().startswith("random"):
         seed = _random_seed(weights)
@@ -353,6 +357,23 @@ def load_vfm(name: str = "dino_vitb8", weights=None, device=None) -> VisionFound
         sd = _read_file(path)
         _LOADED[key] = VisionFoundationModel(_build_loaded(spec, sd, str(path)), spec, f"file:{path.name}", dev)
     return _LOADED[key]
+
+
+def download_official_checkpoint(spec: VfmSpec, path: Path) -> None:
+    """Downloads ``spec``'s official checkpoint to ``path`` (torch.hub's downloader: a temporary
+    file renamed when complete), or raises a :class:`WeightsError` with the cause and the fix."""
+    fix = (f"Fix: download {spec.url or 'the official checkpoint ' + spec.checkpoint_file} (from "
+           f"{spec.source}) elsewhere and pass its path as vfm_weights='/path/to/{spec.checkpoint_file}' "
+           f"(CLI: --set vfm_weights=/path/to/{spec.checkpoint_file}), or put it in torch hub's "
+           f"checkpoint folder ({path.parent}).")
+    if not spec.url:
+        raise WeightsError(f"the {spec.name} weights are not on this machine and have no download URL. {fix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(spec.url, str(path), progress=False)
+    except Exception as exc:  # no network, an HTTP error, a full disk: each says so
+        raise WeightsError(f"could not download the {spec.name} weights from {spec.url}: "
+                           f"{type(exc).__name__}: {exc}. {fix}") from exc
 
 
 def clear_vfm_cache() -> None:

@@ -85,8 +85,9 @@ class ProxyCLIP(Method):
                                         "attention (official default: DINO ViT-B/8).", choices=tuple(list_vfms()))
         vfm_weights: str | None = option(None, "Local checkpoint file of the VFM (the official file of `vfm`, "
                                                "e.g. dino_vitbase8_pretrain.pth); None: that file from torch "
-                                               "hub's checkpoint folder; 'random[:seed]': random weights for tests "
-                                               "and timing only. Never downloaded.", source="ours")
+                                               "hub's checkpoint folder, downloaded there once from the official URL "
+                                               "when missing; 'random[:seed]': random weights for tests "
+                                               "and timing only.", source="ours")
         beta: float = option(1.2, "Mask threshold factor: entries of the similarity below beta * its mean "
                                   "are masked.")
         gamma: float = option(3.0, "Scale of the mean-centred similarity before the softmax.")

@@ -93,7 +93,7 @@ def preview(dataset, sample_id: str, state: dict) -> dict:
 
     sample = dataset[sample_id]
     seg, rows, run_hash = build_segmenter(state, dataset)
-    result = seg.predict(sample.filepath)
+    result = seg.predict(sample.filepath, output="mask")   # what the pre-label computes
     lut = np.asarray([v for v, _ in rows], dtype=np.int64)
     mask = lut[result.mask.astype(np.int64)].astype(np.uint8 if lut.max() <= 255 else np.uint16)
     field_added = PREVIEW_FIELD not in dataset.get_field_schema()

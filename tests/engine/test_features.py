@@ -131,6 +131,47 @@ def test_cache_serves_a_new_vocabulary_without_the_trunk(tiny, image, monkeypatc
     assert counter.calls == first
 
 
+def assert_same_mask(result, expected):
+    assert result.class_names == expected.class_names
+    np.testing.assert_array_equal(result.mask, expected.mask)
+    np.testing.assert_allclose(result.confidence, expected.confidence, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["sclip", "clearclip", "naclip"])
+def test_mask_output_of_encoded_features_equals_predict_mask(tiny, image, method):
+    seg = tc.Segmenter(tiny, method, VOCAB_A, **TINY)
+    features = seg.encode(image)
+    for vocab in (VOCAB_A, VOCAB_B):
+        result = seg.segment(features, vocab, output="mask")
+        assert result.from_features and not hasattr(result, "probs")
+        expected = seg.with_classes(vocab).predict_mask(image)
+        assert_same_mask(result, expected)
+        # and the protocol path's mask: the two outputs decide every pixel alike
+        np.testing.assert_array_equal(result.mask, seg.with_classes(vocab).predict(image).mask)
+    with pytest.raises(tc.ConfigError, match="output='maps'"):
+        seg.segment(features, output="maps")
+
+
+def test_a_text_dependent_method_falls_back_to_the_mask_path(tiny, image):
+    seg = tc.Segmenter(tiny, "resclip", VOCAB_A, **TINY)
+    result = seg.segment(seg.encode(image), VOCAB_B, output="mask")
+    assert result.from_features is False
+    assert_same_mask(result, seg.with_classes(VOCAB_B).predict_mask(image))
+
+
+def test_the_pre_label_path_with_a_cache_runs_no_trunk_for_a_cached_image(tiny, image, monkeypatch):
+    """The pre-label (``output="mask"``) with a feature cache: a second vocabulary on the same image
+    is served from the cache, as for the protocol path."""
+    seg = tc.Segmenter(tiny, "sclip", VOCAB_A, feature_cache=FeatureCache(max_bytes=64 << 20), **TINY)
+    expected = seg.with_classes(VOCAB_B).predict_uncached(image, output="mask")
+    counter = TrunkCounter(monkeypatch, tiny)
+    seg.predict(image, output="mask")
+    first = counter.calls
+    assert first > 0
+    assert_same_mask(seg.with_classes(VOCAB_B).predict(image, output="mask"), expected)
+    assert counter.calls == first
+
+
 def test_cache_invalidates_on_weights_method_options_and_image_side_settings(tiny, image, monkeypatch):
     cache = FeatureCache(max_bytes=256 << 20)
     counter = TrunkCounter(monkeypatch, tiny)

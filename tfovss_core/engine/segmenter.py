@@ -70,6 +70,21 @@ class FeatureResult(SegmentationResult):
 
 
 @dataclass
+class MaskFeatureResult(MaskResult):
+    """:meth:`Segmenter.segment`'s output with ``output="mask"`` (``from_features`` as for
+    :class:`FeatureResult`)."""
+
+    from_features: bool = True
+
+
+def check_output(output: str) -> None:
+    """Refuses an unknown ``output`` choice of :meth:`Segmenter.predict` / :meth:`Segmenter.segment`."""
+    if output not in ("probs", "mask"):
+        raise ConfigError(f"output={output!r}: expected 'probs' (probability maps and mask) or 'mask' "
+                          "(mask and confidence only)")
+
+
+@dataclass
 class WindowOutput:
     """Dense outputs of a batch of windows of one image (for inspection and conformance tests)."""
 
@@ -277,15 +292,15 @@ class Segmenter:
         ``output="probs"`` (the protocol path) returns every class's probability map and the mask;
         it refuses up front, with an :class:`InputError` naming the sizes, an image whose maps would
         not fit :meth:`output_memory_budget`. ``output="mask"`` is :meth:`predict_mask`.
+        With a ``feature_cache`` (and a text-independent method) both go through :meth:`encode` and
+        :meth:`segment`, so a cached image runs no model.
         """
-        if output == "mask":
-            return self.predict_mask(image, name)
-        if output != "probs":
-            raise ConfigError(f"output={output!r}: expected 'probs' (probability maps and mask) or 'mask' "
-                              "(mask and confidence only)")
+        check_output(output)
         label = image_label(image, name)
         if self.feature_cache is not None and self.text_independent:
-            return self.segment(self.encode(image, label))
+            return self.segment(self.encode(image, label), output=output)
+        if output == "mask":
+            return self.predict_mask(image, name)
         rgb, x = self.prepare(image, label)
         size = rgb.shape[:2]
         self.check_output_memory(size, x.device, label)
@@ -334,42 +349,51 @@ class Segmenter:
         return features
 
     @torch.inference_mode()
-    def segment(self, features: DenseFeatures, classes=None) -> FeatureResult:
+    def segment(self, features: DenseFeatures, classes=None,
+                output: str = "probs") -> FeatureResult | MaskFeatureResult:
         """Mask and probabilities of encoded features for ``classes`` (default: this Segmenter's
-        vocabulary), equal to :meth:`predict` of the same image with the same settings.
+        vocabulary), equal to :meth:`predict` of the same image with the same settings and
+        ``output`` (``"mask"``: the mask and confidence of the pre-label path, no probability maps).
 
         ``classes`` is anything :func:`~tfovss_core.spec.classes.resolve_classes` takes; it replaces
         the vocabulary only (a preset's settings are not applied: the settings stay these).
         Raises :class:`ConfigError` when the features were made with other weights, method,
         options or image-side settings.
         """
+        check_output(output)
         seg = self if classes is None else self.with_classes(classes)
+        made = MaskFeatureResult if output == "mask" else FeatureResult
         if not features.text_independent:
             if features.source is None:
                 raise ConfigError(f"{features.name or 'image'}: features of method {features.method!r} hold no image "
                                   "to predict from (its image side reads the text)")
-            result = seg.predict_uncached(features.source, features.name)
-            return FeatureResult(**vars(result), from_features=False)
+            result = seg.predict_uncached(features.source, features.name, output=output)
+            return made(**vars(result), from_features=False)
         if features.image_hash and seg.feature_key(features.image_hash) != features.key:
             raise ConfigError(f"{features.name or 'image'}: these features were encoded with other weights, method, "
                               f"options or image-side settings than this Segmenter's ({seg.method.name})")
         x = seg.network_input(features.resized)
-        seg.check_output_memory(features.image_size, x.device, features.name)
+        if output == "probs":
+            seg.check_output_memory(features.image_size, x.device, features.name)
         text = seg.text_features
         outputs = []
         for batch in features.batches:
             feats = batch.features.to(x.device)
             outputs.append(WindowOutput(boxes=batch.boxes, grid=batch.grid, features=feats,
                                         logits=window_logits(feats, text, batch.grid)))
-        result = seg.finish(seg.dense_logits(x, features.image_size, outputs=outputs), x, features.name)
-        return FeatureResult(**vars(result), from_features=True)
+        if output == "mask":
+            result = seg.finish_mask(seg.input_logits(x, outputs), x, tuple(features.image_size), features.name)
+        else:
+            result = seg.finish(seg.dense_logits(x, features.image_size, outputs=outputs), x, features.name)
+        return made(**vars(result), from_features=True)
 
     @torch.inference_mode()
-    def predict_uncached(self, image, name: str | None = None) -> SegmentationResult:
+    def predict_uncached(self, image, name: str | None = None,
+                         output: str = "probs") -> SegmentationResult | MaskResult:
         """:meth:`predict` without the feature cache."""
         cache, self.feature_cache = self.feature_cache, None
         try:
-            return self.predict(image, name)
+            return self.predict(image, name, output=output)
         finally:
             self.feature_cache = cache
 

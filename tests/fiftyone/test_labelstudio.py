@@ -5,28 +5,17 @@ update, bad input changes nothing and never shows the token, the operators and t
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from support.fo import REPO_ROOT, PLUGIN_NAME, coco_semantic, make_dataset, needs_core, unique_name
+from support.fo import REPO_ROOT, PLUGIN_NAME, needs_core, unique_name
+from support.labelstudio import LS_VENV, api, free_port, needs_server, project_tasks
 
-LS_VENV = REPO_ROOT / ".venv-labelstudio"
-LS_BIN = LS_VENV / "bin" / "label-studio"
-TOKEN = "tfovss-test-token-4f2a9c"
 URI_SEND = f"{PLUGIN_NAME}/send_to_labelstudio"
 URI_LOAD = f"{PLUGIN_NAME}/load_from_labelstudio"
-FAST = {"short_side": 64, "crop": 64, "stride": 64, "templates": ["a photo of a {}."]}
-VOCAB = "background\nperson\nanimal, dog, cat, horse\nvehicle, car, bus, truck\nfurniture"
-
-needs_server = pytest.mark.skipif(
-    not LS_BIN.exists(), reason=f"Label Studio is not installed in {LS_VENV} (run "
-                                "scripts/setup_labelstudio.sh)")
 
 
 # --- brush RLE (no server) -------------------------------------------------------------------
@@ -88,103 +77,6 @@ def test_brush_rle_matches_label_studio_sdk():
     for m, (decoded_by_sdk, sdk_rle) in zip(masks, json.loads(r.stdout)):
         assert np.array_equal(np.array(decoded_by_sdk, bool), m)
         assert np.array_equal(rle_to_mask(sdk_rle, *m.shape), m)
-
-
-# --- the server -------------------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory, data_dir):
-    """A Label Studio server on a free loopback port, with a user and a legacy token; local-files
-    serving from the shared data folder. Stopped by PID at teardown."""
-    if not LS_BIN.exists():
-        pytest.skip(f"Label Studio is not installed in {LS_VENV} (run "
-                    "scripts/setup_labelstudio.sh)")
-    import requests
-
-    root = tmp_path_factory.mktemp("label-studio")
-    port = _free_port()
-    env = dict(os.environ, LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
-               LATEST_VERSION_CHECK="false", COLLECT_ANALYTICS="false",
-               LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
-               LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(data_dir),
-               LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true")
-    env.pop("LABEL_STUDIO_API_KEY", None)
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port",
-         str(port), "--data-dir", str(root / "data"), "--username", "user@example.org",
-         "--password", "tfovss-pass-1", "--user-token", TOKEN],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 240
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("Label Studio exited: " + (root / "server.log").read_text()
-                                   [-3000:])
-            try:
-                if requests.get(url + "/health", timeout=2).json().get("status") == "UP":
-                    break
-            except Exception:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError("Label Studio did not answer /health within 240 s: " +
-                                   (root / "server.log").read_text()[-3000:])
-            time.sleep(1)
-        yield {"url": url, "token": TOKEN, "log": root / "server.log"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-@pytest.fixture()
-def ls_env(label_studio, monkeypatch):
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio["token"])
-    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio["url"])
-    return label_studio
-
-
-def api(ls, method, path, **kw):
-    import requests
-
-    r = requests.request(method, ls["url"] + path, timeout=60,
-                         headers={"Authorization": f"Token {ls['token']}"}, **kw)
-    assert r.status_code < 400, (r.status_code, r.text[:500])
-    return r.json() if r.content else None
-
-
-def project_tasks(ls, pid):
-    from tfovss_fiftyone.labelstudio import LabelStudioClient
-
-    return LabelStudioClient(ls["url"], ls["token"]).tasks(pid, fields="all")
-
-
-@pytest.fixture(scope="module")
-def prelabelled(fo, data_dir, tmp_path_factory):
-    """3 COCO images pre-labelled by the tiny synthetic model into ``pre``."""
-    if not LS_BIN.exists():
-        pytest.skip(f"Label Studio is not installed in {LS_VENV}")
-    from tfovss_fiftyone.prelabel import prelabel
-
-    items, names = coco_semantic(data_dir, limit=3)
-    ds = make_dataset(fo, items, names, "ls")
-    report = prelabel(ds, "pre", classes=VOCAB, method="sclip", pretrained="tiny:seed0",
-                      settings=FAST, device="cpu",
-                      output_dir=str(tmp_path_factory.mktemp("ls-masks")))
-    assert report.num_labelled == 3
-    yield ds
-    ds.delete()
 
 
 def snapshot(ds):
@@ -446,7 +338,7 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(ls_env, prelabelled, fo,
         errors.append(str(e.value))
         assert snapshot(ds) == before, match
 
-    closed = f"http://127.0.0.1:{_free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     expect("unreachable", send_for_review, ds, "pre", url=closed, project="x")
     expect("unreachable", load_corrections, ds, "pre", "x1", url=closed)
     wrong = "wrong-token-123456"

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support.app import ARTIFACTS, CHROME_ARGS, CHROMIUM, Shots, sync_playwright_or_skip, wait_until
+from support.app import (ARTIFACTS, CHROME_ARGS, CHROMIUM, Shots, sync_playwright_or_skip,
+                         wait_until)
 from support.fo import needs_core, unique_name
 from support.labelstudio import needs_server, project_tasks
 
@@ -61,6 +62,12 @@ def open_task(page, url: str, project_id: int, task_id: int, model_version: str)
 
 def region_names(page) -> list[str]:
     return [t.strip() for t in page.locator(REGION_TITLES).all_inner_texts()]
+
+
+def regions_once_listed(page, count: int) -> list[str] | None:
+    """The region list once it has ``count`` entries or more (the view fills it in)."""
+    names = region_names(page)
+    return names if len(names) >= count else None
 
 
 def stage_pixels(page) -> np.ndarray:
@@ -111,8 +118,8 @@ def test_labelling_view_shows_the_prelabel(label_studio, prelabelled):
                           sample.pre.tfovss_hash)
                 want = classes_present(masks[sid], names)
                 assert len(want) >= 2
-                shown = wait_until(lambda: (lambda r: r if len(r) >= len(want) else None)(
-                    region_names(page)), timeout=30, what=f"{len(want)} regions of {sid}")
+                shown = wait_until(lambda: regions_once_listed(page, len(want)), timeout=30,
+                                   what=f"{len(want)} regions of {sid}")
                 assert shown == want
                 # the tab shows the model version (the settings hash) and the score
                 assert sample.pre.tfovss_hash in page.locator(TAB_NAMES).all_inner_texts()

@@ -182,8 +182,11 @@ def test_driver_killed_and_rerun_recomputes_nothing_stored(fo, ray_cluster, coco
            "--pretrained", "tiny:seed0", "--device", "cpu", "--batch-size", "2",
            "--output-dir", str(out), "--ray", "--ray-actors", "1", "--ray-batch-size", "2"]
     cmd += [f"--set={k}={v}" for k, v in SLOW.items()]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}
-    ray_dirs_before = set(Path(tempfile.gettempdir()).glob("tfovss-ray-*"))
+    # the driver's temporary files (its local Ray's directory) in a folder of this test's own, so
+    # that what the killed driver leaves behind is removed without touching anyone else's
+    driver_tmp = tempfile.mkdtemp(prefix="tfovss-driver-")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]),
+           "TMPDIR": driver_tmp}
     proc = subprocess.Popen(cmd, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     stored_at_kill = 0
@@ -205,8 +208,7 @@ def test_driver_killed_and_rerun_recomputes_nothing_stored(fo, ray_cluster, coco
         except (ProcessLookupError, PermissionError):
             pass
         # the killed driver could not remove its local Ray's temporary directory
-        for d in set(Path(tempfile.gettempdir()).glob("tfovss-ray-*")) - ray_dirs_before:
-            shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(driver_tmp, ignore_errors=True)
     ds.reload()
     stored_at_kill = len(ds.exists("ovss"))
     assert 2 <= stored_at_kill < 12

@@ -11,22 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from support.coco import decode_coco
 from support.fo import URI_EXPORT, run_queued, unique_name
-
-
-def decode_all(labels_path):
-    """{file_name: semantic mask} rebuilt with pycocotools' own COCO API (annToMask)."""
-    from pycocotools.coco import COCO
-
-    coco = COCO(str(labels_path))
-    out = {}
-    for img_id in coco.getImgIds():
-        info = coco.loadImgs(img_id)[0]
-        m = np.zeros((info["height"], info["width"]), np.int64)
-        for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
-            m[coco.annToMask(ann).astype(bool)] = ann["category_id"]
-        out[info["file_name"]] = m
-    return coco, out
 
 
 def expected(mask, targets, include_background=False):
@@ -43,7 +29,7 @@ def test_coco_gt_export_roundtrips_pixel_exact(fo, coco_ds, tmp_path, encoding):
     out = tmp_path / f"{encoding}.json"
     summary = export_coco_masks(coco_ds, "ground_truth", str(out), encoding=encoding)
     targets = coco_ds.mask_targets["ground_truth"]
-    coco, decoded = decode_all(out)
+    coco, decoded = decode_coco(out)
     d = json.loads(out.read_text())
     # categories from mask_targets (id = mask value, background left out)
     assert [(c["id"], c["name"]) for c in d["categories"]] == \
@@ -114,7 +100,7 @@ def test_export_operator_immediate_and_delegated(fo, foo, ade_ds, tmp_path):
         "label_field": "ground_truth", "labels_path": str(out1), "encoding": "rle",
         "split": "class"}})
     assert r.result["num_images"] == len(ade_ds)
-    _, dec = decode_all(out1)
+    _, dec = decode_coco(out1)
     targets = ade_ds.mask_targets["ground_truth"]
     for s in ade_ds:
         np.testing.assert_array_equal(dec[os.path.basename(s.filepath)],
@@ -130,7 +116,7 @@ def test_export_operator_immediate_and_delegated(fo, foo, ade_ds, tmp_path):
     d = json.loads(out2.read_text())
     # background exported too: ids shift by one (0 -> 1, k -> k+1)
     assert d["categories"][0] == {"id": 1, "name": "other", "supercategory": ""}
-    _, dec = decode_all(out2)
+    _, dec = decode_coco(out2)
     for s in ade_ds:
         np.testing.assert_array_equal(dec[os.path.basename(s.filepath)],
                                       s.ground_truth.get_mask().astype(np.int64) + 1)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from support.paths import REPO_ROOT
+from support.processes import stop_process
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "e2e"
@@ -74,12 +75,7 @@ def app_server(log_path: Path, start_timeout: float = 90.0):
                     time.sleep(1)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc)
 
 
 def dismiss_popups(page) -> None:
@@ -114,25 +110,52 @@ class Shots(list):
 
 
 @contextlib.contextmanager
-def dataset_page(sync_playwright, url: str, dataset, shots: Shots, failure_png: str,
-                 ready_text: str = "ground_truth"):
-    """A Chromium page showing ``dataset`` in the App (``ready_text`` is in the sidebar);
-    ``failure_png`` is saved if the body raises."""
+def chromium(sync_playwright):
+    """A headless Debian Chromium launched through ``sync_playwright`` (closed on exit)."""
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
-        page = browser.new_page(viewport=VIEWPORT)
-        page.set_default_timeout(60000)
         try:
-            page.goto(f"{url}/datasets/{dataset.name}", wait_until="load")
-            page.get_by_text(ready_text, exact=True).first.wait_for()
-            time.sleep(2)
-            dismiss_popups(page)
-            yield page
-        except Exception:
-            shots(page, failure_png)
-            raise
+            yield browser
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def new_page(browser, shots: Shots | None = None, failure_png: str = "99-failure.png",
+             viewport: dict = VIEWPORT):
+    """A page of ``browser`` (60 s timeouts), closed on exit; ``failure_png`` is saved under
+    ``shots`` if the body raises."""
+    page = browser.new_page(viewport=viewport)
+    page.set_default_timeout(60000)
+    try:
+        yield page
+    except Exception:
+        if shots is not None:
+            shots(page, failure_png)
+        raise
+    finally:
+        page.close()
+
+
+@contextlib.contextmanager
+def dataset_page(browser, url: str, dataset, shots: Shots, failure_png: str,
+                 ready_text: str = "ground_truth", settle: float = 2.0):
+    """A page of ``browser`` showing ``dataset`` in the App at ``url`` (``ready_text`` is in the
+    sidebar, popups dismissed); ``failure_png`` is saved if the body raises."""
+    with new_page(browser, shots, failure_png) as page:
+        page.goto(f"{url}/datasets/{dataset.name}", wait_until="load")
+        page.get_by_text(ready_text, exact=True).first.wait_for()
+        time.sleep(settle)
+        dismiss_popups(page)
+        yield page
+
+
+def show_in_app(fo, dataset, fields=("ground_truth",)):
+    """Makes ``dataset`` visible to an App server process (persistent) with ``fields`` shown."""
+    dataset.persistent = True
+    dataset.app_config.active_fields = fo.ActiveFields(exclude=False, paths=list(fields))
+    dataset.save()
+    return dataset
 
 
 def wait_until(predicate, timeout: float = 30.0, what: str = "condition", interval: float = 0.25):

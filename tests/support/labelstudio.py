@@ -18,6 +18,7 @@ import time
 import pytest
 
 from support.fo import REPO_ROOT, coco_semantic, make_dataset
+from support.processes import stop_process
 
 LS_VENV = REPO_ROOT / ".venv-labelstudio"
 LS_BIN = LS_VENV / "bin" / "label-studio"
@@ -81,12 +82,7 @@ def label_studio(tmp_path_factory, data_dir):
         yield {"url": url, "token": TOKEN, "log": root / "server.log",
                "username": USERNAME, "password": PASSWORD}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, grace=30)
         log.close()
 
 

@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from support.app import ARTIFACTS, app_server, sync_playwright_or_skip
+from support.app import ARTIFACTS, app_server, chromium, show_in_app, sync_playwright_or_skip
 from support.fo import VOC_CLASSES, make_dataset, voc_items
 
 
 @pytest.fixture(scope="module")
-def studio_playwright():
-    """Playwright's ``sync_playwright`` (skips without Chromium or Playwright)."""
-    return sync_playwright_or_skip()
+def studio_browser():
+    """A headless Chromium for the module (skips without Chromium or Playwright)."""
+    with chromium(sync_playwright_or_skip()) as browser:
+        yield browser
 
 
 @pytest.fixture(scope="module")
 def studio_dataset(fo, data_dir):
     """The shared VOC samples (2) with their ground truth, persistent so the App server sees it."""
-    ds = make_dataset(fo, voc_items(data_dir), dict(enumerate(VOC_CLASSES)), "studio")
-    ds.persistent = True
-    ds.app_config.active_fields = fo.ActiveFields(exclude=False, paths=["ground_truth"])
-    ds.save()
+    ds = show_in_app(fo, make_dataset(fo, voc_items(data_dir), dict(enumerate(VOC_CLASSES)), "studio"))
     yield ds
     ds.delete()
 

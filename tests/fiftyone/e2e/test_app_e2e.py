@@ -30,11 +30,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support.app import (ARTIFACTS, CHROME_ARGS, CHROMIUM, VIEWPORT, Shots, app_server as run_app_server,
-                         dismiss_popups, sync_playwright_or_skip, wait_until)
+from support.app import (ARTIFACTS, Shots, app_server as run_app_server, chromium, dataset_page,
+                         dismiss_popups, show_in_app, sync_playwright_or_skip, wait_until)
+from support.coco import decode_coco
 from support.exif import sensor_image, write_oriented
 from support.fo import (REPO_ROOT, URI_PRELABEL, VOC_CLASSES, coco_semantic,  # noqa: E402
                         make_dataset, needs_core, unique_name, voc_items)
+from support.processes import stop_process
 
 pytestmark = [pytest.mark.e2e, needs_core]
 
@@ -52,10 +54,7 @@ def app_dataset(fo, data_dir):
     ds = make_dataset(fo, items, names, "e2e")
     # two COCO images with the VOC vocabulary's ground truth left empty: still pre-labellable
     ds.add_samples([fo.Sample(filepath=str(p)) for p, _ in coco_items])
-    ds.persistent = True
-    ds.app_config.active_fields = fo.ActiveFields(exclude=False, paths=["ground_truth"])
-    ds.save()
-    yield ds
+    yield show_in_app(fo, ds)
     ds.delete()
 
 
@@ -74,29 +73,16 @@ def _input_after(page, label_text):
 @pytest.fixture(scope="module")
 def browser(playwright_sync):
     """One headless Chromium for every test of this module (each test opens its own page)."""
-    with playwright_sync() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
+    with chromium(playwright_sync) as b:
         yield b
-        b.close()
 
 
 @contextlib.contextmanager
 def _dataset_page(browser, app_server, ds, shots, failure_png, ready_text="ground_truth"):
-    """A Chromium page showing ``ds`` in the App; ``failure_png`` is saved if the body raises."""
-    page = browser.new_page(viewport=VIEWPORT)
-    page.set_default_timeout(60000)
-    try:
-        page.goto(f"{app_server}/datasets/{ds.name}", wait_until="load")
-        page.get_by_text(ready_text, exact=True).first.wait_for()
-        time.sleep(3)
-        dismiss_popups(page)
+    """A page showing ``ds`` in the App, from the whole dataset (see :func:`_clear_view`)."""
+    with dataset_page(browser, app_server, ds, shots, failure_png, ready_text, settle=3) as page:
         _clear_view(page)
         yield page
-    except Exception:
-        shots(page, failure_png)
-        raise
-    finally:
-        page.close()
 
 
 def _clear_view(page):
@@ -182,21 +168,6 @@ def _shown_text(text, label):
     return lines[lines.index(label + ":") + 1]
 
 
-def _decode_coco(labels_path):
-    """{file_name: semantic mask} rebuilt with pycocotools' own COCO API (annToMask)."""
-    from pycocotools.coco import COCO
-
-    coco = COCO(str(labels_path))
-    out = {}
-    for img_id in coco.getImgIds():
-        info = coco.loadImgs(img_id)[0]
-        m = np.zeros((info["height"], info["width"]), np.int64)
-        for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
-            m[coco.annToMask(ann).astype(bool)] = ann["category_id"]
-        out[info["file_name"]] = m
-    return out
-
-
 def _fill_and_keep(page, label, value, settle=3):
     """Fills the input after ``label`` until it keeps ``value`` for ``settle`` polls in a row: the
     form re-resolves after a change of another input (here the field, whose default path follows)
@@ -224,7 +195,7 @@ def _assert_coco_export_pixel_exact(fo, labels_path, view, field, targets):
         return np.where(np.isin(m, [v for v in targets if v != 0]), m, 0)
 
     sources = {Path(s.filepath).name: s[field].get_mask() for s in view}
-    decoded = _decode_coco(labels_path)
+    decoded = decode_coco(labels_path)[1]
     assert sorted(decoded) == sorted(sources)
     for name, src in sources.items():
         np.testing.assert_array_equal(decoded[name], expected(src), err_msg=name)
@@ -519,12 +490,7 @@ def delegated_worker(app_server):
          "delegated", "launch"], env=env, cwd=str(REPO_ROOT), stdout=log,
         stderr=subprocess.STDOUT)
     yield proc
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    stop_process(proc, grace=15)
     log.close()
 
 
@@ -616,9 +582,7 @@ def bad_files_dataset(fo, data_dir, tmp_path_factory):
                               ground_truth=fo.Segmentation(mask=good_gt.astype(np.uint8)))] +
                    [fo.Sample(filepath=str(p)) for p in (corrupt, truncated, deep, rotated)])
     ds.mask_targets = {"ground_truth": dict(enumerate(VOC_CLASSES))}
-    ds.persistent = True
-    ds.app_config.active_fields = fo.ActiveFields(exclude=False, paths=["ground_truth"])
-    ds.save()
+    show_in_app(fo, ds)
     yield ds, {"bad": sorted(str(p) for p in (corrupt, truncated, deep)),
                "rotated": str(rotated), "rotated_shape": shown.shape[:2],
                "mask_dir": str(root / "masks")}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support.app import (ARTIFACTS, CHROME_ARGS, CHROMIUM, Shots, sync_playwright_or_skip,
+from support.app import (ARTIFACTS, Shots, chromium, new_page, sync_playwright_or_skip,
                          wait_until)
 from support.fo import needs_core, unique_name
 from support.labelstudio import needs_server, project_tasks
@@ -104,53 +104,45 @@ def test_labelling_view_shows_the_prelabel(label_studio, prelabelled):
     assert rep.num_created == 2
     sent = {t["data"]["fo_sample_id"]: t for t in project_tasks(label_studio, rep.project_id)}
     shots = Shots(SHOTS)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
-        page = browser.new_page(viewport=VIEWPORT)
-        page.set_default_timeout(60000)
-        try:
-            log_in(page, label_studio)
-            for i, sid in enumerate(chosen):
-                sample = ds[sid]
-                (prediction,) = sent[sid]["predictions"]
-                assert prediction["model_version"] == sample.pre.tfovss_hash
-                open_task(page, label_studio["url"], rep.project_id, rep.tasks[sid],
-                          sample.pre.tfovss_hash)
-                want = classes_present(masks[sid], names)
-                assert len(want) >= 2
-                shown = wait_until(lambda: regions_once_listed(page, len(want)), timeout=30,
-                                   what=f"{len(want)} regions of {sid}")
-                assert shown == want
-                # the tab shows the model version (the settings hash) and the score
-                assert sample.pre.tfovss_hash in page.locator(TAB_NAMES).all_inner_texts()
-                score = page.locator(PREDICTION_SCORE).first
-                shown_score = float(re.search(r"=\s*([0-9.]+)", score.get_attribute("title"))
-                                    .group(1))
-                assert shown_score == pytest.approx(sample.pre.mean_confidence, abs=1e-6)
-                assert f"{100 * sample.pre.mean_confidence:.2f}%" in score.inner_text()
-                if i:
-                    continue
-                # the brushes are drawn: hiding all regions changes most of the stage's pixels
-                # (the regions cover every pixel of the image, which fills most of the stage)
-                page.wait_for_timeout(1500)
-                drawn = stage_pixels(page)
-                page.get_by_role("button", name="Hide all regions").click()
-                page.wait_for_timeout(1000)
-                bare = stage_pixels(page)
-                changed = (np.abs(drawn.astype(int) - bare.astype(int)).sum(-1) > 12).mean()
-                assert changed > 0.5, f"only {changed:.0%} of the stage changed"
-                page.get_by_role("button", name="Show all regions").click()
-                page.wait_for_timeout(1000)
-                page.mouse.move(0, 0)          # no tooltip in the screenshot
-                page.wait_for_timeout(500)
-                again = (np.abs(stage_pixels(page).astype(int) - bare.astype(int)).sum(-1) > 12)
-                assert again.mean() > 0.5, f"only {again.mean():.0%} drawn again"
-                full = shots(page, "task.png")
-                small_copy(full, SHOTS / SMALL_PNG)
-        except Exception:
-            shots(page, "failure.png")
-            raise
-        finally:
-            browser.close()
+    with chromium(sync_playwright) as browser, \
+            new_page(browser, shots, "failure.png", VIEWPORT) as page:
+        log_in(page, label_studio)
+        for i, sid in enumerate(chosen):
+            sample = ds[sid]
+            (prediction,) = sent[sid]["predictions"]
+            assert prediction["model_version"] == sample.pre.tfovss_hash
+            open_task(page, label_studio["url"], rep.project_id, rep.tasks[sid],
+                      sample.pre.tfovss_hash)
+            want = classes_present(masks[sid], names)
+            assert len(want) >= 2
+            shown = wait_until(lambda: regions_once_listed(page, len(want)), timeout=30,
+                               what=f"{len(want)} regions of {sid}")
+            assert shown == want
+            # the tab shows the model version (the settings hash) and the score
+            assert sample.pre.tfovss_hash in page.locator(TAB_NAMES).all_inner_texts()
+            score = page.locator(PREDICTION_SCORE).first
+            shown_score = float(re.search(r"=\s*([0-9.]+)", score.get_attribute("title"))
+                                .group(1))
+            assert shown_score == pytest.approx(sample.pre.mean_confidence, abs=1e-6)
+            assert f"{100 * sample.pre.mean_confidence:.2f}%" in score.inner_text()
+            if i:
+                continue
+            # the brushes are drawn: hiding all regions changes most of the stage's pixels
+            # (the regions cover every pixel of the image, which fills most of the stage)
+            page.wait_for_timeout(1500)
+            drawn = stage_pixels(page)
+            page.get_by_role("button", name="Hide all regions").click()
+            page.wait_for_timeout(1000)
+            bare = stage_pixels(page)
+            changed = (np.abs(drawn.astype(int) - bare.astype(int)).sum(-1) > 12).mean()
+            assert changed > 0.5, f"only {changed:.0%} of the stage changed"
+            page.get_by_role("button", name="Show all regions").click()
+            page.wait_for_timeout(1000)
+            page.mouse.move(0, 0)          # no tooltip in the screenshot
+            page.wait_for_timeout(500)
+            again = (np.abs(stage_pixels(page).astype(int) - bare.astype(int)).sum(-1) > 12)
+            assert again.mean() > 0.5, f"only {again.mean():.0%} drawn again"
+            full = shots(page, "task.png")
+            small_copy(full, SHOTS / SMALL_PNG)
     shots.check()
     assert (SHOTS / SMALL_PNG).stat().st_size <= MAX_SMALL_BYTES

@@ -92,7 +92,7 @@ def type_vocabulary(page, ds, sample_id: str, vocabulary: str, expected: np.ndar
     wait_until(holds_expected, timeout=30, what="the preview field to hold the predicted mask")
 
 
-def test_vocabulary_studio_in_the_app(fo, studio_playwright, studio_server, studio_dataset):
+def test_vocabulary_studio_in_the_app(fo, studio_browser, studio_server, studio_dataset):
     from tfovss_fiftyone.prelabel import prelabel_run_info
     from tfovss_fiftyone.vocabulary_panel import PREVIEW_FIELD
 
@@ -100,7 +100,7 @@ def test_vocabulary_studio_in_the_app(fo, studio_playwright, studio_server, stud
     ds.app_config.plugins = {"vocabulary_studio": dict(STUDIO_SETTINGS)}
     ds.save()
     shot = Shots(SHOTS)
-    with dataset_page(studio_playwright, studio_server, ds, shot, "99-failure.png") as page:
+    with dataset_page(studio_browser, studio_server, ds, shot, "99-failure.png") as page:
         # -- open a sample, then the panel beside it ------------------------------------------
         page.locator("[data-cy='looker']").first.click()
         page.locator("[data-cy='modal']").wait_for()

@@ -183,8 +183,9 @@ def test_driver_killed_and_rerun_recomputes_nothing_stored(fo, ray_cluster, coco
            "--output-dir", str(out), "--ray", "--ray-actors", "1", "--ray-batch-size", "2"]
     cmd += [f"--set={k}={v}" for k, v in SLOW.items()]
     # the driver's temporary files (its local Ray's directory) in a folder of this test's own, so
-    # that what the killed driver leaves behind is removed without touching anyone else's
-    driver_tmp = tempfile.mkdtemp(prefix="tfovss-driver-")
+    # that what the killed driver leaves behind is removed without touching anyone else's; a short
+    # name: Ray's socket paths below it must stay within AF_UNIX's 107 bytes
+    driver_tmp = tempfile.mkdtemp(prefix="d")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]),
            "TMPDIR": driver_tmp}
     proc = subprocess.Popen(cmd, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE,

@@ -40,7 +40,8 @@ import torch
 from tfovss_core.clip.backbone import Trunk, TrunkRequest
 from tfovss_core.errors import ConfigError, InputError, TfovssError
 from tfovss_core.io.images import image_label
-from tfovss_core.engine.segmenter import MaskResult, SegmentationResult, Segmenter, WindowOutput, guarded
+from tfovss_core.engine.segmenter import (MaskResult, SegmentationResult, Segmenter, WindowOutput, check_output,
+                                          guarded)
 from tfovss_core.engine.windows import sliding_windows
 from tfovss_core.clip.loading import ClipModel
 
@@ -201,9 +202,7 @@ class MultiSegmenter:
         method's pre-label path (:meth:`Segmenter.predict_mask`) on the same shared trunk, so each
         mask is identical to that method's ``predict_mask`` alone.
         """
-        if output not in ("probs", "mask"):
-            raise ConfigError(f"output={output!r}: expected 'probs' (probability maps and mask) or 'mask' "
-                              "(mask and confidence only)")
+        check_output(output)
         label = image_label(image, name)
         results: dict[str, SegmentationResult] = {}
         if prepared is None:

@@ -132,8 +132,9 @@ class ModelPass:
     bounded memory, for sinks that store only those)."""
 
     def __init__(self, spec: ModelSpec | Mapping[str, Any], item_errors=ITEM_ERRORS, output: str = "probs"):
-        if output not in ("probs", "mask"):
-            raise ConfigError(f"output={output!r}: expected 'probs' or 'mask'")
+        from tfovss_core.engine.segmenter import check_output
+
+        check_output(output)
         self.output = output
         self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec(predictors=dict(spec))
         self.predictors = dict(self.spec.materialise())

@@ -469,8 +469,8 @@ class LabelData:
 
 
 def _target(p: _FieldPlan) -> _LabelTarget:
-    return _LabelTarget("" if p.in_db else p.mask_dir, p.hash, p.lut, p.out_dtype,
-                        bool(p.confidence_field))
+    # a plan with masks in the database has no mask folder: its mask_dir is ""
+    return _LabelTarget(p.mask_dir, p.hash, p.lut, p.out_dtype, bool(p.confidence_field))
 
 
 def _label_data(t: _LabelTarget, sid: str, res) -> LabelData:

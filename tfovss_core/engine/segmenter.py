@@ -252,19 +252,41 @@ class Segmenter:
         """
         _, _, h, w = x.shape
         q = self.text_features.shape[0]
-        canvas = x.new_zeros((q, h, w))
-        count = x.new_zeros((1, h, w))
+        canvas = count = None
         for out in (self.windows(x) if outputs is None else outputs):
             y1, y2, x1, x2 = out.boxes[0]
             ch, cw = y2 - y1, x2 - x1
             left, right, top, bottom = self.window_padding(ch, cw)
-            up = F.interpolate(out.logits, size=(ch + top + bottom, cw + left + right), mode="bilinear",
-                               align_corners=False)
-            up = up[:, :, top:top + ch, left:left + cw]
-            for (y1, y2, x1, x2), window_logits in zip(out.boxes, up):
-                canvas[:, y1:y2, x1:x2] += window_logits
-                count[:, y1:y2, x1:x2] += 1
-        return canvas / count
+            size = (ch + top + bottom, cw + left + right)
+            # One window at a time into one buffer, the first window's own output: the same kernel on
+            # the same values as upsampling the batch at once, without a fresh (n, Q, ...) block per
+            # image (its page faults cost more than the interpolation itself).
+            up = F.interpolate(out.logits[:1], size=size, mode="bilinear", align_corners=False)
+            if canvas is None:
+                # The text product leaves the logits channels-last, and so the upsampled maps: the
+                # canvas takes their layout, (h, w, Q), so that the sums run over contiguous memory
+                # (summing them into a (Q, h, w) canvas is a strided transposing add, several times
+                # slower). The same additions in the same order: the same values.
+                channels_last = up.is_contiguous(memory_format=torch.channels_last)
+                canvas = x.new_zeros((h, w, q) if channels_last else (q, h, w))
+                count = x.new_zeros((h, w, 1) if channels_last else (1, h, w))
+            for i, (y1, y2, x1, x2) in enumerate(out.boxes):
+                if i:
+                    torch.ops.aten.upsample_bilinear2d.out(out.logits[i:i + 1], list(size), False, None, None, out=up)
+                window = up[0, :, top:top + ch, left:left + cw]
+                if channels_last:
+                    canvas[y1:y2, x1:x2] += window.permute(1, 2, 0)
+                    count[y1:y2, x1:x2] += 1
+                else:
+                    canvas[:, y1:y2, x1:x2] += window
+                    count[:, y1:y2, x1:x2] += 1
+        canvas.div_(count)
+        if not channels_last:
+            return canvas
+        # back to (Q, h, w) as one 2-D transpose, which torch copies in cache-sized blocks
+        logits = canvas.new_empty((q, h, w))
+        logits.view(q, h * w).copy_(canvas.view(h * w, q).t())
+        return logits
 
     def dense_logits(self, x: torch.Tensor, out_size: tuple[int, int], outputs=None) -> torch.Tensor:
         """Cosine logits ``(Q, H, W)`` averaged over windows and resized to ``out_size``.
@@ -436,7 +458,7 @@ class Segmenter:
         def full_res_logits(queries: torch.Tensor) -> torch.Tensor:
             # channel by channel the protocol's own operations, so each chunk is bit-identical to its
             # rows of the protocol's maps; a 3-channel input takes another CPU kernel, so 3 -> 2 + 1
-            sub = logits[queries]
+            sub = logits if len(queries) == queries_total else logits[queries]   # all, in order: no copy
             parts = [sub[:2], sub[2:]] if len(queries) == 3 and queries_total != 3 else [sub]
             ups = [F.interpolate(p[None], size=size, mode="bilinear", align_corners=False)[0] for p in parts]
             up = ups[0] if len(ups) == 1 else torch.cat(ups)

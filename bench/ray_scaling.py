@@ -42,14 +42,18 @@ def build(arch: str, pretrained: str, settings: dict, device: str | None, thread
 
 
 class NullSink:
+    """Keeps nothing but the time each image's result arrived."""
+
     def __init__(self):
         self.n = 0
+        self.arrivals: list[float] = []
 
     def done(self, run):
         return set()
 
     def write(self, outcome):
         self.n += 1
+        self.arrivals.append(time.perf_counter())
 
     def failure(self, item, error, labels):
         raise RuntimeError(f"{item.source}: {error}")
@@ -58,14 +62,21 @@ class NullSink:
         pass
 
 
-def run_once(spec, items, executor) -> tuple[float, int]:
+def run_once(spec, items, executor, warm: int = 0) -> tuple[float, int, float | None]:
+    """Seconds for ``items``, images done, and the steady rate in images/s: the images after the
+    first ``warm`` results (each actor's first batch, which carries its start and model build) over
+    the time from the arrival of the ``warm``-th result to the last."""
     from tfovss_core.engine.runner import JobRunner, ModelPass, RunRef
 
     sink = NullSink()
     model = ModelPass(spec)
     t = time.perf_counter()
     JobRunner(model, [RunRef("sclip", "bench")], sink, executor=executor).run(items)
-    return time.perf_counter() - t, sink.n
+    total = time.perf_counter() - t
+    steady = None
+    if 0 < warm < sink.n:
+        steady = (sink.n - warm) / (sink.arrivals[-1] - sink.arrivals[warm - 1])
+    return total, sink.n, steady
 
 
 def main(argv=None) -> int:
@@ -102,16 +113,18 @@ def main(argv=None) -> int:
                 torch.set_num_threads(threads)
             local = ModelSpec(predictors=make())
             run_once(local, items[:1], SerialExecutor())          # warm-up (text, caches)
-            res = {"local": run_once(local, items, SerialExecutor())}
+            res = {"local": run_once(local, items, SerialExecutor(), warm=args.batch_size)}
             for actors in (1, 2):
                 ex = RayExecutor(num_actors=actors, batch_size=args.batch_size,
                                  num_gpus_per_actor=args.gpus_per_actor)
-                res[f"ray {actors}"] = run_once(ModelSpec(build=make), items, ex)
-            for k, (sec, done) in res.items():
+                res[f"ray {actors}"] = run_once(ModelSpec(build=make), items, ex, warm=actors * args.batch_size)
+            for k, (sec, done, _) in res.items():
                 assert done == len(items), (k, done)
-            ips = {k: len(items) / s for k, (s, _) in res.items()}
-            rows.append((name, len(items), ips, res))
-            print(name, {k: round(v, 3) for k, v in ips.items()}, flush=True)
+            ips = {k: len(items) / s for k, (s, _, _) in res.items()}
+            steady = {k: r[2] for k, r in res.items()}
+            rows.append((name, len(items), ips, res, steady))
+            print(name, {k: round(v, 3) for k, v in ips.items()}, "steady",
+                  {k: v and round(v, 3) for k, v in steady.items()}, flush=True)
     finally:
         ray.shutdown()
 
@@ -122,13 +135,20 @@ def main(argv=None) -> int:
              f"{args.device}",
              f"- **protocol**: SCLIP, voc21, one thread per model (local: torch 1 thread; Ray: 1 CPU "
              f"per actor), Ray batch {args.batch_size} images; Ray times include creating the actors "
-             "and building their models; the local Ray (loopback) is started before",
+             "and building their models; the local Ray (loopback) is started before. **Steady**: after "
+             "each actor's first batch (the local run: after its first batch too), the rest of the "
+             "images over the time from that batch's arrival to the last result",
              "", "| model | images | local img/s | Ray 1 actor img/s | Ray 2 actors img/s | "
-             "2 vs 1 actor | Ray 1 actor overhead vs local |", "|---|---|---|---|---|---|---|"]
-    for name, n, ips, res in rows:
+             "2 vs 1 actor | Ray 1 actor overhead vs local | steady: local / 1 / 2 actors img/s | "
+             "steady 2 vs 1 actor | steady overhead of 1 actor vs local |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, n, ips, res, steady in rows:
         lines.append(f"| {name} | {n} | {ips['local']:.2f} | {ips['ray 1']:.2f} | "
                      f"{ips['ray 2']:.2f} | {ips['ray 2'] / ips['ray 1']:.2f}x | "
-                     f"{100 * (res['ray 1'][0] / res['local'][0] - 1):+.0f} % |")
+                     f"{100 * (res['ray 1'][0] / res['local'][0] - 1):+.0f} % | "
+                     f"{steady['local']:.3f} / {steady['ray 1']:.3f} / {steady['ray 2']:.3f} | "
+                     f"{steady['ray 2'] / steady['ray 1']:.2f}x | "
+                     f"{100 * (steady['local'] / steady['ray 1'] - 1):+.0f} % |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -7,11 +7,13 @@ COCO photos of 640x480:
   (c) the job runner with ``output="mask"``, decoding on a background thread (``prefetch``) and the
       sink's writes on a background thread (``background_writes``) into ``tfovss segment``'s files
       sink (mask PNG + overlay JPEG per image),
+  (d) with ``--plugin``: the FiftyOne pre-label (``tfovss_fiftyone.prelabel.prelabel``, what the
+      operator runs) of the same photos in a temporary dataset, mask PNGs and database writes,
 at 21 classes (voc21), in images/s; then the cost outside the model at 171 classes (coco_stuff) on
-one photo, protocol ``finish`` vs pre-label ``finish_mask``. Every mask of (b) and (c) is checked
-equal to (a)'s. Takes 1-3 minutes.
+one photo, protocol ``finish`` vs pre-label ``finish_mask``. Every mask of (b), (c) and (d) is
+checked equal to (a)'s. Takes 1-3 minutes.
 
-    python bench/prelabel_throughput.py [--data-dir DIR] [--images N] [--json OUT]
+    python bench/prelabel_throughput.py [--data-dir DIR] [--images N] [--plugin] [--json OUT]
 """
 from __future__ import annotations
 
@@ -71,6 +73,30 @@ def runner_rate(seg, images, out_dir: Path) -> tuple[float, dict]:
     return len(images) / seconds, masks
 
 
+def plugin_rate(model, images, out_dir: Path) -> tuple[float, dict]:
+    """The FiftyOne pre-label of ``images`` in a temporary dataset (the operator's library call)."""
+    import fiftyone as fo
+    import numpy as np
+    from PIL import Image
+    from tfovss_fiftyone.prelabel import prelabel
+
+    dataset = fo.Dataset()
+    try:
+        dataset.add_samples([fo.Sample(filepath=str(p)) for p in images])
+        dataset.compute_metadata()
+        t = time.perf_counter()
+        report = prelabel(dataset, "prelabel", classes="voc21", method="sclip", model=model,
+                          settings={"templates": ONE_TEMPLATE}, batch_size=16, output_dir=str(out_dir))
+        seconds = time.perf_counter() - t
+        if report.num_failed or report.num_labelled != len(images):
+            raise SystemExit(f"plugin pre-label: {report}")
+        masks = {Path(s.filepath).stem: np.asarray(Image.open(s["prelabel"].mask_path))
+                 for s in dataset.select_fields("prelabel")}
+        return len(images) / seconds, masks
+    finally:
+        dataset.delete()
+
+
 def outside_model(model, image, preset: str, repeats: int) -> dict:
     import torch.nn.functional as F
     from tfovss_core.engine.segmenter import Segmenter
@@ -96,6 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--images", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--plugin", action="store_true", help="also time the FiftyOne pre-label (d)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
@@ -116,20 +143,30 @@ def main(argv=None) -> int:
     rate_mask, lean = rate(seg.predict_mask, images)
     with tempfile.TemporaryDirectory() as tmp:
         rate_runner, runner_masks = runner_rate(seg, images, Path(tmp))
+    rate_plugin, plugin_masks = None, None
+    if args.plugin:
+        with tempfile.TemporaryDirectory() as tmp:
+            rate_plugin, plugin_masks = plugin_rate(model, images, Path(tmp))
     for p, a, b in zip(images, probs, lean):
         if not (np.array_equal(a.mask, b.mask) and np.array_equal(a.mask, runner_masks[p.stem])):
             raise SystemExit(f"{p.name}: the pre-label mask differs from the protocol's")
+        if plugin_masks is not None and not np.array_equal(a.mask, plugin_masks[p.stem]):
+            raise SystemExit(f"{p.name}: the plugin's mask differs from the protocol's")
 
     rows = [outside_model(model, load_image(str(images[0])), preset, args.repeats)
             for preset in ("voc21", "coco_stuff")]
     report = {"images": len(images), "size": "640x480", "torch_threads": 1, "model": "tiny random CLIP",
               "classes": seg.num_classes, "images_per_s": {"predict": rate_probs, "predict_mask": rate_mask,
-                                                           "runner_mask_prefetch_background_writer": rate_runner},
+                                                           "runner_mask_prefetch_background_writer": rate_runner,
+                                                           "plugin_prelabel": rate_plugin},
               "outside_model": rows}
     print(f"{len(images)} COCO photos 640x480, tiny CLIP, 1 torch thread, sclip voc21 ({seg.num_classes} classes)")
     print(f"  (a) Segmenter.predict loop                         {rate_probs:6.2f} images/s")
     print(f"  (b) Segmenter.predict_mask loop                    {rate_mask:6.2f} images/s")
     print(f"  (c) runner output='mask' + prefetch + bg writer    {rate_runner:6.2f} images/s (mask PNG + overlay)")
+    if rate_plugin is not None:
+        print(f"  (d) FiftyOne pre-label (PNG + database)            {rate_plugin:6.2f} images/s "
+              f"({rate_plugin / max(rate_mask, rate_runner):.2f}x the best of (b), (c))")
     print("cost outside the model, one photo (best of %d):" % args.repeats)
     for r in rows:
         print(f"  {r['preset']:>10} ({r['classes']} classes): protocol {r['protocol_ms']:7.1f} ms, "

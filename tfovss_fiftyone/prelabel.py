@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 RUN_PREFIX = "tfovss_prelabel_"
 HASH_ATTR = "tfovss_hash"
+#: results that may wait for the writer thread (PNG encoding, database writes) while the model goes on
+WRITES_AHEAD = 4
 _FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -586,7 +588,7 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
     from tfovss_core.engine.runner import Item, JobRunner, ModelPass, ModelSpec, RunRef
 
     batch_n = max(1, int(batch_size or 1))
-    sink = _FieldsSink(dataset, plans, synthetic)
+    sink = _FieldsSink(dataset, plans, synthetic, batch_n)
     # any error on one sample is that sample's failure (listed in the report); the run goes on
     spec = ModelSpec(segs, shared_trunk=shared_trunk)
     if executor is not None:  # the actors build the same Segmenters and write the files
@@ -599,15 +601,14 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
     passes = ModelPass(spec, item_errors=(Exception,), output="mask")
 
     def on_progress(done: int, todo: int) -> None:
-        if done % batch_n and done != todo:
-            return
-        sink.flush()  # the labels of a batch reach the database together
-        if progress is not None:
+        if progress is not None and (done % batch_n == 0 or done == todo):
             progress(done, todo, f"{done}/{todo} samples")
 
     items = [Item(sid, path) for sid, path in zip(view.values("id"), view.values("filepath"))]
+    # the PNG encoding and the database writes run on the runner's writer thread while the model
+    # goes on (decoding already runs ahead on the executor's thread); a few results wait at most
     JobRunner(passes, [RunRef(p.field, p.hash) for p in plans], sink, executor=executor,
-              item_errors=(Exception,), progress=on_progress).run(items)
+              item_errors=(Exception,), progress=on_progress, background_writes=WRITES_AHEAD).run(items)
     seconds = round(time.time() - t0, 3)
     for p in plans:
         p.report.num_failed = len(p.report.failures)
@@ -619,14 +620,16 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
 
 
 class _FieldsSink:
-    """The pre-label sink: each result's mask (and confidence) PNGs, then the labels of a batch
-    into their fields with one ``set_values`` per field. ``done``: the samples a field already
-    holds with the same settings hash (resume)."""
+    """The pre-label sink: each result's mask (and confidence) PNGs, then the labels of every
+    ``batch_size`` samples into their fields with one ``set_values`` per field. ``done``: the
+    samples a field already holds with the same settings hash (resume)."""
 
-    def __init__(self, dataset, plans: Sequence[_FieldPlan], synthetic: bool):
+    def __init__(self, dataset, plans: Sequence[_FieldPlan], synthetic: bool, batch_size: int):
         self.dataset = dataset
         self.plans = {p.field: p for p in plans}
         self.synthetic = synthetic
+        self.batch_size = batch_size
+        self.pending = 0   # samples written since the last flush
         self.labels: dict[str, dict] = {f: {} for f in self.plans}
         self.heatmaps: dict[str, dict] = {f: {} for f in self.plans}
 
@@ -643,6 +646,9 @@ class _FieldsSink:
                     self.heatmaps[f][sid] = hm
             except Exception as e:  # this field's files could not be written: its failure
                 self.failure(outcome.item, e, [f])
+        self.pending += 1
+        if self.pending >= self.batch_size:
+            self.flush()   # the labels of a batch reach the database together
 
     def failure(self, item, error, labels) -> None:
         for f in labels:
@@ -652,6 +658,7 @@ class _FieldsSink:
                        item.source, error)
 
     def flush(self) -> None:
+        self.pending = 0
         for f, p in self.plans.items():
             if self.labels[f]:
                 self.dataset.set_values(f, self.labels[f], key_field="id")

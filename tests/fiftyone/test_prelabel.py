@@ -216,3 +216,34 @@ def test_prelabel_runs_the_mask_path_and_stores_the_protocols_mask(fo, voc_ds, m
         assert np.abs(s.lean_conf.map.astype(int) - expected8).max() <= 1
         assert s.lean.mean_confidence == pytest.approx(float(protocol.confidence.mean()), abs=1e-6)
     assert any(len(np.unique(s.lean.mask)) > 1 for s in voc_ds)   # the threshold left more than background
+
+
+def test_prelabel_writes_off_the_model_thread_in_batches(fo, coco_ds, tmp_path, monkeypatch):
+    """The mask PNGs and the database writes run on the runner's writer thread (the model goes on
+    meanwhile), and the labels reach the database ``batch_size`` samples at a time."""
+    import threading
+
+    from tfovss_fiftyone import prelabel as prelabel_module
+
+    png_threads, batches = [], []
+    write_png, set_values = prelabel_module._write_png, type(coco_ds).set_values
+
+    def recording_png(arr, path):
+        png_threads.append(threading.current_thread().name)
+        write_png(arr, path)
+
+    def recording_set_values(self, field, values, *args, **kwargs):
+        if field == "ovss":
+            batches.append((threading.current_thread().name, len(values)))
+        return set_values(self, field, values, *args, **kwargs)
+
+    monkeypatch.setattr(prelabel_module, "_write_png", recording_png)
+    monkeypatch.setattr(type(coco_ds), "set_values", recording_set_values)
+    settings = {**FAST, "templates": ["a photo of a {}."]}
+    rep = prelabel_module.prelabel(coco_ds, "ovss", classes=VOCAB, pretrained="tiny:seed0", settings=settings,
+                                   batch_size=3, output_dir=str(tmp_path), device="cpu")
+    assert rep.num_labelled == len(coco_ds) == 4
+    assert png_threads == ["tfovss-sink"] * 4
+    # a full batch on the writer thread; the rest when the runner closes the sink, the model done
+    assert batches == [("tfovss-sink", 3), (threading.current_thread().name, 1)]
+    assert len(coco_ds.exists("ovss")) == 4

@@ -10,8 +10,11 @@ COCO photos of 640x480:
   (d) with ``--plugin``: the FiftyOne pre-label (``tfovss_fiftyone.prelabel.prelabel``, what the
       operator runs) of the same photos in a temporary dataset, mask PNGs and database writes,
 at 21 classes (voc21), in images/s; then the cost outside the model at 171 classes (coco_stuff) on
-one photo, protocol ``finish`` vs pre-label ``finish_mask``. Every mask of (b), (c) and (d) is
-checked equal to (a)'s. Takes 1-3 minutes.
+one photo, protocol ``finish`` vs pre-label ``finish_mask``; then, with ViT-B/16 (random weights:
+the real cost) on the same photo and each preset's own protocol, the model (``encode``: the windows
+through the trunk and the method) against everything after it on the pre-label path
+(``segment(features, output="mask")``: window averaging, upsampling, softmax, mask). Every mask of
+(b), (c) and (d) is checked equal to (a)'s. Takes 2-4 minutes.
 
     python bench/prelabel_throughput.py [--data-dir DIR] [--images N] [--plugin] [--json OUT]
 """
@@ -117,6 +120,29 @@ def outside_model(model, image, preset: str, repeats: int) -> dict:
             "prelabel_ms": 1e3 * min(prelabel)}
 
 
+def model_vs_outside(image, preset: str, repeats: int, **settings) -> dict:
+    """ViT-B/16's windows (the model) against the pre-label work after them, on one image."""
+    from tfovss_core.clip.weights import resolve_weights
+    from tfovss_core.engine.segmenter import Segmenter
+
+    seg = Segmenter(resolve_weights("ViT-B/16", "random:0").load("cpu"), "sclip", preset, templates=ONE_TEMPLATE,
+                    **settings)
+    seg.text_features  # noqa: B018  (cached, as in a pre-label run)
+    features = seg.encode(image)
+    seg.segment(features, output="mask")   # warm-up
+    model, outside = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        features = seg.encode(image)
+        model.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        seg.segment(features, output="mask")
+        outside.append(time.perf_counter() - t)
+    return {"preset": preset, "short_side": seg.settings.short_side, "classes": seg.num_classes,
+            "windows": sum(len(b.boxes) for b in features.batches),
+            "model_ms": 1e3 * min(model), "outside_ms": 1e3 * min(outside)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
@@ -155,11 +181,14 @@ def main(argv=None) -> int:
 
     rows = [outside_model(model, load_image(str(images[0])), preset, args.repeats)
             for preset in ("voc21", "coco_stuff")]
+    # each preset's own protocol, and coco_stuff at short side 336 as the issue measured it
+    shares = [model_vs_outside(load_image(str(images[0])), preset, args.repeats, **settings)
+              for preset, settings in (("voc21", {}), ("coco_stuff", {}), ("coco_stuff", {"short_side": 336}))]
     report = {"images": len(images), "size": "640x480", "torch_threads": 1, "model": "tiny random CLIP",
               "classes": seg.num_classes, "images_per_s": {"predict": rate_probs, "predict_mask": rate_mask,
                                                            "runner_mask_prefetch_background_writer": rate_runner,
                                                            "plugin_prelabel": rate_plugin},
-              "outside_model": rows}
+              "outside_model": rows, "vit_b16_model_vs_outside": shares}
     print(f"{len(images)} COCO photos 640x480, tiny CLIP, 1 torch thread, sclip voc21 ({seg.num_classes} classes)")
     print(f"  (a) Segmenter.predict loop                         {rate_probs:6.2f} images/s")
     print(f"  (b) Segmenter.predict_mask loop                    {rate_mask:6.2f} images/s")
@@ -171,6 +200,11 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"  {r['preset']:>10} ({r['classes']} classes): protocol {r['protocol_ms']:7.1f} ms, "
               f"pre-label {r['prelabel_ms']:7.1f} ms")
+    print("ViT-B/16 on the same photo, each preset's protocol: the model vs the pre-label work after it (best of %d):"
+          % args.repeats)
+    for r in shares:
+        print(f"  {r['preset']:>10} ({r['classes']} classes, short side {r['short_side']}, {r['windows']} windows): model {r['model_ms']:7.0f} ms, "
+              f"outside {r['outside_ms']:6.0f} ms = {100 * r['outside_ms'] / r['model_ms']:.1f} % of the model")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

@@ -7,7 +7,10 @@ a ``(Q, h, w)`` canvas. Same kernel, same additions in the same order: the value
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import threading
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,3 +62,49 @@ def test_input_logits_of_channel_first_maps_equal_the_official_loop(tiny):
     outputs = [dataclasses.replace(out, logits=out.logits.contiguous()) for out in seg.windows(x)]
     assert not outputs[0].logits.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(seg.input_logits(x, outputs), official_input_logits(seg, x, outputs))
+
+
+def test_scratch_maps_are_reused_and_never_handed_out(tiny):
+    """The canvas, window and full-resolution maps are the same memory from image to image; a result
+    a caller receives is never scratch, so a later image does not change it."""
+    seg = tc.Segmenter(tiny, "sclip", CLASSES, templates=["a photo of a {}."], short_side=112, crop=56, stride=28)
+    first, second = random_image(5, 90, 131), random_image(6, 90, 131)
+    _, x1 = seg.prepare(first)
+    kept = seg.input_logits(x1)
+    expected_kept = kept.clone()
+    mask1 = seg.predict_mask(first)
+    pointers = {name: t.data_ptr() for name, t in seg.scratch._by_thread[threading.get_ident()].items()}
+    assert {"canvas", "count", "window", "logits", "full_res"} <= set(pointers)
+    mask2 = seg.predict_mask(second)
+    again = {name: t.data_ptr() for name, t in seg.scratch._by_thread[threading.get_ident()].items()}
+    assert again == pointers                                    # reused, not reallocated
+    assert torch.equal(kept, expected_kept)                     # what a caller holds stays its own
+    assert all(kept.data_ptr() != p for p in pointers.values())
+    # and the results are those of a Segmenter with nothing kept
+    fresh = tc.Segmenter(tiny, "sclip", CLASSES, templates=["a photo of a {}."], short_side=112, crop=56, stride=28)
+    for image, got in ((first, mask1), (second, mask2)):
+        want = fresh.predict(image)
+        assert np.array_equal(got.mask, want.mask)
+        fresh.scratch.release()
+        assert fresh.scratch.nbytes == 0
+    assert seg.scratch.nbytes > 0
+    seg.scratch.release()
+    assert seg.scratch.nbytes == 0 and torch.equal(seg.input_logits(x1), expected_kept)
+
+
+def test_scratch_keeps_nothing_over_its_limit():
+    from tfovss_core.engine.scratch import Scratch
+
+    scratch = Scratch(max_bytes=4096)
+    small = scratch.get("a", (16, 16), torch.float32, "cpu")
+    assert scratch.get("a", (16, 16), torch.float32, "cpu").data_ptr() == small.data_ptr()
+    wide = scratch.get("a", (16, 16), torch.float64, "cpu")     # another dtype: a new one, kept instead
+    assert wide.dtype == torch.float64 and scratch.get("a", (16, 16), torch.float64, "cpu").data_ptr() == wide.data_ptr()
+    big = scratch.get("b", (2048,), torch.float32, "cpu")       # 8 KiB: handed out, not kept
+    assert scratch.get("b", (2048,), torch.float32, "cpu").data_ptr() != big.data_ptr()
+    assert scratch.nbytes == 16 * 16 * 8
+    cl = scratch.get("c", (1, 3, 4, 4), torch.float32, "cpu", torch.channels_last)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
+    copied = pickle.loads(pickle.dumps(scratch))                # travels (to a Ray actor) empty
+    assert copied.max_bytes == 4096 and copied.nbytes == 0
+    assert copied.get("a", (2,), torch.float32, "cpu").shape == (2,) and copied.nbytes == 8

@@ -123,7 +123,7 @@ def _finish(seg: Segmenter, x: torch.Tensor, size, label: str, output: str, outp
     """One method's result from its windows (run here when ``outputs`` is None): exactly the code
     of its own ``predict`` (``output="probs"``) or ``predict_mask`` (``output="mask"``)."""
     if output == "mask":
-        return seg.finish_mask(seg.input_logits(x, outputs), x, tuple(size), label)
+        return seg.finish_mask(seg.input_logits(x, outputs, scratch_result=True), x, tuple(size), label)
     return seg.finish(seg.dense_logits(x, size, outputs=outputs), x, label)
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tfovss_core.spec import presets as _presets
 from tfovss_core.errors import ConfigError, InputError, TfovssError
 from tfovss_core.spec.settings import SETTING_NAMES, Settings, coerce_setting
+from tfovss_core.engine.scratch import Scratch
 from tfovss_core.engine.features import (DenseFeatures, FeatureCache, WindowBatch, feature_key,
                                          image_digest)
 from tfovss_core.engine.windows import pad_to_multiple, sliding_windows
@@ -142,6 +143,10 @@ class Segmenter:
         self.templates = resolve_templates(self.settings.templates)
         self._text: torch.Tensor | None = None
         self._query_class = torch.tensor(self.vocabulary.query_class, dtype=torch.long)
+        #: the maps window averaging and the pre-label path fill for each image, reused from image
+        #: to image (per thread; shared with :meth:`with_classes` copies); ``scratch.release()``
+        #: frees them
+        self.scratch = Scratch()
 
     # -- text --------------------------------------------------------------------------------------
     @property
@@ -245,10 +250,12 @@ class Segmenter:
         crop = (min(s.crop, h), min(s.crop, w)) if s.crop else (h, w)
         return auto_batch_size(self.model.visual, crop, n_windows, x.device, s.precision)
 
-    def input_logits(self, x: torch.Tensor, outputs=None) -> torch.Tensor:
+    def input_logits(self, x: torch.Tensor, outputs=None, scratch_result: bool = False) -> torch.Tensor:
         """Cosine logits ``(Q, h, w)`` averaged over windows, at the resolution of the network input ``x``.
 
         ``outputs``: the :class:`WindowOutput` s of ``x`` when already computed (default: run them).
+        ``scratch_result``: return this Segmenter's :attr:`scratch` memory, which its next call on
+        this thread overwrites (for callers that consume the logits at once).
         """
         _, _, h, w = x.shape
         q = self.text_features.shape[0]
@@ -258,21 +265,21 @@ class Segmenter:
             ch, cw = y2 - y1, x2 - x1
             left, right, top, bottom = self.window_padding(ch, cw)
             size = (ch + top + bottom, cw + left + right)
-            # One window at a time into one buffer, the first window's own output: the same kernel on
-            # the same values as upsampling the batch at once, without a fresh (n, Q, ...) block per
-            # image (its page faults cost more than the interpolation itself).
-            up = F.interpolate(out.logits[:1], size=size, mode="bilinear", align_corners=False)
             if canvas is None:
                 # The text product leaves the logits channels-last, and so the upsampled maps: the
                 # canvas takes their layout, (h, w, Q), so that the sums run over contiguous memory
                 # (summing them into a (Q, h, w) canvas is a strided transposing add, several times
                 # slower). The same additions in the same order: the same values.
-                channels_last = up.is_contiguous(memory_format=torch.channels_last)
-                canvas = x.new_zeros((h, w, q) if channels_last else (q, h, w))
-                count = x.new_zeros((h, w, 1) if channels_last else (1, h, w))
+                channels_last = out.logits[:1].is_contiguous(memory_format=torch.channels_last)
+                canvas = self.scratch.zeros("canvas", (h, w, q) if channels_last else (q, h, w), x.dtype, x.device)
+                count = self.scratch.zeros("count", (h, w, 1) if channels_last else (1, h, w), x.dtype, x.device)
+            # One window at a time into one scratch buffer: the same kernel on the same values as
+            # upsampling the batch at once, without a fresh (n, Q, ...) block per image (its page
+            # faults cost more than the interpolation itself).
+            up = self.scratch.get("window", (1, q, *size), out.logits.dtype, x.device,
+                                  torch.channels_last if channels_last else torch.contiguous_format)
             for i, (y1, y2, x1, x2) in enumerate(out.boxes):
-                if i:
-                    torch.ops.aten.upsample_bilinear2d.out(out.logits[i:i + 1], list(size), False, None, None, out=up)
+                torch.ops.aten.upsample_bilinear2d.out(out.logits[i:i + 1], list(size), False, None, None, out=up)
                 window = up[0, :, top:top + ch, left:left + cw]
                 if channels_last:
                     canvas[y1:y2, x1:x2] += window.permute(1, 2, 0)
@@ -282,9 +289,10 @@ class Segmenter:
                     count[:, y1:y2, x1:x2] += 1
         canvas.div_(count)
         if not channels_last:
-            return canvas
+            return canvas if scratch_result else canvas.clone()
         # back to (Q, h, w) as one 2-D transpose, which torch copies in cache-sized blocks
-        logits = canvas.new_empty((q, h, w))
+        logits = (self.scratch.get("logits", (q, h, w), canvas.dtype, canvas.device) if scratch_result
+                  else canvas.new_empty((q, h, w)))
         logits.view(q, h * w).copy_(canvas.view(h * w, q).t())
         return logits
 
@@ -293,7 +301,7 @@ class Segmenter:
 
         ``outputs``: the :class:`WindowOutput` s of ``x`` when already computed (default: run them).
         """
-        logits = self.input_logits(x, outputs)
+        logits = self.input_logits(x, outputs, scratch_result=True)
         return F.interpolate(logits[None], size=out_size, mode="bilinear", align_corners=False)[0]
 
     # -- prediction ------------------------------------------------------------------------------
@@ -404,7 +412,8 @@ class Segmenter:
             outputs.append(WindowOutput(boxes=batch.boxes, grid=batch.grid, features=feats,
                                         logits=window_logits(feats, text, batch.grid)))
         if output == "mask":
-            result = seg.finish_mask(seg.input_logits(x, outputs), x, tuple(features.image_size), features.name)
+            result = seg.finish_mask(seg.input_logits(x, outputs, scratch_result=True), x,
+                                     tuple(features.image_size), features.name)
         else:
             result = seg.finish(seg.dense_logits(x, features.image_size, outputs=outputs), x, features.name)
         return made(**vars(result), from_features=True)
@@ -443,7 +452,7 @@ class Segmenter:
             raise ConfigError(f"confidence={confidence!r}: expected 'float32', 'float16' or None")
         label = image_label(image, name)
         rgb, x = self.prepare(image, label)
-        return self.finish_mask(self.input_logits(x), x, tuple(rgb.shape[:2]), label, confidence)
+        return self.finish_mask(self.input_logits(x, scratch_result=True), x, tuple(rgb.shape[:2]), label, confidence)
 
     @torch.inference_mode()
     def finish_mask(self, logits: torch.Tensor, x: torch.Tensor, size: tuple[int, int], name: str = "",
@@ -458,10 +467,15 @@ class Segmenter:
         def full_res_logits(queries: torch.Tensor) -> torch.Tensor:
             # channel by channel the protocol's own operations, so each chunk is bit-identical to its
             # rows of the protocol's maps; a 3-channel input takes another CPU kernel, so 3 -> 2 + 1
-            sub = logits if len(queries) == queries_total else logits[queries]   # all, in order: no copy
-            parts = [sub[:2], sub[2:]] if len(queries) == 3 and queries_total != 3 else [sub]
-            ups = [F.interpolate(p[None], size=size, mode="bilinear", align_corners=False)[0] for p in parts]
-            up = ups[0] if len(ups) == 1 else torch.cat(ups)
+            if len(queries) == queries_total:   # the whole vocabulary, asked for once: no gather, scratch maps
+                up = self.scratch.get("full_res", (1, queries_total, *size), logits.dtype, logits.device)
+                torch.ops.aten.upsample_bilinear2d.out(logits[None], list(size), False, None, None, out=up)
+                up = up[0]
+            else:
+                sub = logits[queries]
+                parts = [sub[:2], sub[2:]] if len(queries) == 3 and queries_total != 3 else [sub]
+                ups = [F.interpolate(p[None], size=size, mode="bilinear", align_corners=False)[0] for p in parts]
+                up = ups[0] if len(ups) == 1 else torch.cat(ups)
             if guide is not None:
                 up = pamr(guide, up[None], s.pamr_steps, s.pamr_dilations)[0]
             return up

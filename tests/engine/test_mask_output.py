@@ -136,3 +136,14 @@ def test_whole_vocabulary_and_chunked_pre_label_paths_give_the_same_mask(tiny):
     np.testing.assert_array_equal(chunked.mask, protocol.mask)
     np.testing.assert_allclose(whole.confidence, protocol.confidence, rtol=0, atol=1e-6)
     np.testing.assert_allclose(chunked.confidence, protocol.confidence, rtol=0, atol=1e-6)
+
+
+def test_masks_of_more_than_256_classes_are_uint16_and_the_protocols(tiny):
+    """The mask is narrowed where it was computed: uint8 up to 256 classes, else uint16 (values
+    above 255 kept), the protocol's own values either way."""
+    classes = [f"thing {i}" for i in range(300)]
+    seg = Segmenter(tiny, "sclip", classes, **{**COMMON, "short_side": 48, "crop": 48, "stride": 48})
+    lean, protocol = seg.predict_mask(SAMPLES[0]), seg.predict(SAMPLES[0])
+    assert lean.mask.dtype == np.uint16 and protocol.mask.dtype == np.int32
+    np.testing.assert_array_equal(lean.mask, protocol.mask)
+    assert lean.mask.max() > 255

@@ -487,11 +487,14 @@ class Segmenter:
             renormalize=self.method.renormalize_probs,
             classes_per_chunk=self.num_classes if whole else self.classes_per_chunk,
             with_confidence=confidence is not None)
-        mask_dtype = np.uint8 if self.num_classes <= 256 else np.uint16
+        # narrowed where it was computed (on a GPU: before it crosses to the host)
+        if self.num_classes <= 256:
+            mask = mask.to(torch.uint8).cpu().numpy()
+        else:
+            mask = mask.to(torch.int32).cpu().numpy().astype(np.uint16)
         if conf is not None:
             conf = conf.to(getattr(torch, confidence)).cpu().numpy()
-        return MaskResult(mask=mask.to(torch.int32).cpu().numpy().astype(mask_dtype), confidence=conf,
-                          class_names=list(self.class_names), name=name, stats=stats)
+        return MaskResult(mask=mask, confidence=conf, class_names=list(self.class_names), name=name, stats=stats)
 
     def output_bytes(self, size: tuple[int, int]) -> int:
         """Peak bytes of the protocol path's full-resolution maps for an image of ``size`` (H, W).

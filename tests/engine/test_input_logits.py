@@ -55,6 +55,19 @@ def test_input_logits_equal_the_official_loop_bit_for_bit(tiny, settings):
     assert torch.equal(got, official_input_logits(seg, x, outputs))
 
 
+def test_a_canvas_over_its_limit_is_summed_in_place_with_the_same_values(tiny):
+    """Over ``transposed_canvas_bytes`` the canvas stays (Q, h, w) (no second copy): same values,
+    and what a caller gets is that canvas itself (too large to be kept as scratch)."""
+    seg = tc.Segmenter(tiny, "sclip", CLASSES, templates=["a photo of a {}."], short_side=112, crop=56, stride=28)
+    _, x = seg.prepare(random_image(7, 90, 131))
+    outputs = list(seg.windows(x))
+    seg.transposed_canvas_bytes = 0
+    seg.scratch.max_bytes = 0
+    got = seg.input_logits(x, outputs)
+    assert torch.equal(got, official_input_logits(seg, x, outputs)) and got.is_contiguous()
+    assert seg.scratch.nbytes == 0
+
+
 def test_input_logits_of_channel_first_maps_equal_the_official_loop(tiny):
     """A method whose logits come channel-first keeps a channel-first canvas: still the same values."""
     seg = tc.Segmenter(tiny, "sclip", CLASSES, templates=["a photo of a {}."], short_side=112, crop=56, stride=28)

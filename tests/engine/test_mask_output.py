@@ -129,13 +129,19 @@ def test_whole_vocabulary_and_chunked_pre_label_paths_give_the_same_mask(tiny):
     seg = Segmenter(tiny, "sclip", "voc21", prob_thd=0.05, area_thd=0.02, **COMMON)
     protocol = seg.predict(SAMPLES[1])
     whole = seg.predict_mask(SAMPLES[1])
-    seg.whole_vocabulary_bytes = 0
+    seg.whole_vocabulary_bytes = 0      # always class chunks
     chunked = seg.predict_mask(SAMPLES[1])
     assert whole.stats["passes"] == 2 and chunked.stats["passes"] == 2    # the area rule dropped classes
+    assert whole.stats["blocks"] > 0 and "blocks" not in chunked.stats   # each took its own path
     np.testing.assert_array_equal(whole.mask, protocol.mask)
     np.testing.assert_array_equal(chunked.mask, protocol.mask)
     np.testing.assert_allclose(whole.confidence, protocol.confidence, rtol=0, atol=1e-6)
     np.testing.assert_allclose(chunked.confidence, protocol.confidence, rtol=0, atol=1e-6)
+    # over the byte limit, but 16 classes' chunk maps (background alone has dozens of queries) would
+    # take more than one map of all 56 queries: the whole vocabulary at once, the smaller peak
+    seg.whole_vocabulary_bytes = 1
+    again = seg.predict_mask(SAMPLES[1])
+    assert "blocks" in again.stats and np.array_equal(again.mask, protocol.mask)
 
 
 def test_masks_of_more_than_256_classes_are_uint16_and_the_protocols(tiny):
@@ -147,3 +153,19 @@ def test_masks_of_more_than_256_classes_are_uint16_and_the_protocols(tiny):
     assert lean.mask.dtype == np.uint16 and protocol.mask.dtype == np.int32
     np.testing.assert_array_equal(lean.mask, protocol.mask)
     assert lean.mask.max() > 255
+
+
+def test_large_images_take_smaller_class_chunks_with_the_same_mask(tiny):
+    """The chunked path keeps a chunk's maps under ``chunk_bytes`` by taking fewer classes per
+    chunk (down to one), and still gives the protocol's mask."""
+    seg = Segmenter(tiny, "sclip", "voc21", prob_thd=0.05, area_thd=0.02, **COMMON)
+    protocol = seg.predict(SAMPLES[1])
+    seg.whole_vocabulary_bytes = 0
+    default = seg.predict_mask(SAMPLES[1])
+    h, w = protocol.mask.shape
+    seg.chunk_bytes = 8 * h * w * 16          # room for 8 queries' maps: background's own many queries
+    small = seg.predict_mask(SAMPLES[1])      # make the first chunk larger anyway, so one class a chunk
+    assert default.stats["chunks"] == 2 and small.stats["chunks"] == 21
+    np.testing.assert_array_equal(default.mask, protocol.mask)
+    np.testing.assert_array_equal(small.mask, protocol.mask)
+    np.testing.assert_allclose(small.confidence, protocol.confidence, rtol=0, atol=1e-6)

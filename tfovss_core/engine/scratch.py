@@ -46,6 +46,12 @@ class Scratch:
         """:meth:`get`, zero-filled."""
         return self.get(name, shape, dtype, device).zero_()
 
+    def holds(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is one this thread's requests keep (and will hand out again)."""
+        with self._lock:
+            tensors = self._by_thread.get(threading.get_ident(), {})
+        return any(kept is tensor for kept in tensors.values())
+
     def __getstate__(self) -> dict:
         # a copy (pickled to another process, e.g. a Ray actor) starts empty: kept maps are only
         # memory, and a lock cannot travel

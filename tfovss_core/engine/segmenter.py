@@ -30,7 +30,7 @@ from tfovss_core.methods import Method, get_method_class, method_settings
 from tfovss_core.methods.base import WindowContext
 from tfovss_core.clip.loading import ClipModel
 from tfovss_core.ops.pamr import pamr
-from tfovss_core.ops.postprocess import mask_and_confidence, probabilities_and_mask
+from tfovss_core.ops.postprocess import class_chunks, mask_and_confidence, probabilities_and_mask
 from tfovss_core.clip.text import resolve_templates
 from tfovss_core.spec.classes import resolve_classes
 
@@ -269,27 +269,29 @@ class Segmenter:
                 # The text product leaves the logits channels-last, and so the upsampled maps: the
                 # canvas takes their layout, (h, w, Q), so that the sums run over contiguous memory
                 # (summing them into a (Q, h, w) canvas is a strided transposing add, several times
-                # slower). The same additions in the same order: the same values.
-                channels_last = out.logits[:1].is_contiguous(memory_format=torch.channels_last)
-                canvas = self.scratch.zeros("canvas", (h, w, q) if channels_last else (q, h, w), x.dtype, x.device)
-                count = self.scratch.zeros("count", (h, w, 1) if channels_last else (1, h, w), x.dtype, x.device)
-            # One window at a time into one scratch buffer: the same kernel on the same values as
-            # upsampling the batch at once, without a fresh (n, Q, ...) block per image (its page
-            # faults cost more than the interpolation itself).
+                # slower), unless it is over transposed_canvas_bytes: going back to (Q, h, w) holds
+                # a second copy. The same additions in the same order: the same values.
+                maps_channels_last = out.logits[:1].is_contiguous(memory_format=torch.channels_last)
+                hwq = maps_channels_last and q * h * w * x.element_size() <= self.transposed_canvas_bytes
+                canvas = self.scratch.zeros("canvas", (h, w, q) if hwq else (q, h, w), x.dtype, x.device)
+                count = self.scratch.zeros("count", (h, w, 1) if hwq else (1, h, w), x.dtype, x.device)
+            # One window at a time into one scratch buffer (in the layout the kernel writes): the same
+            # kernel on the same values as upsampling the batch at once, without a fresh (n, Q, ...)
+            # block per image (its page faults cost more than the interpolation itself).
             up = self.scratch.get("window", (1, q, *size), out.logits.dtype, x.device,
-                                  torch.channels_last if channels_last else torch.contiguous_format)
+                                  torch.channels_last if maps_channels_last else torch.contiguous_format)
             for i, (y1, y2, x1, x2) in enumerate(out.boxes):
                 torch.ops.aten.upsample_bilinear2d.out(out.logits[i:i + 1], list(size), False, None, None, out=up)
                 window = up[0, :, top:top + ch, left:left + cw]
-                if channels_last:
+                if hwq:
                     canvas[y1:y2, x1:x2] += window.permute(1, 2, 0)
                     count[y1:y2, x1:x2] += 1
                 else:
                     canvas[:, y1:y2, x1:x2] += window
                     count[:, y1:y2, x1:x2] += 1
         canvas.div_(count)
-        if not channels_last:
-            return canvas if scratch_result else canvas.clone()
+        if not hwq:
+            return canvas if scratch_result or not self.scratch.holds(canvas) else canvas.clone()
         # back to (Q, h, w) as one 2-D transpose, which torch copies in cache-sized blocks
         logits = (self.scratch.get("logits", (q, h, w), canvas.dtype, canvas.device) if scratch_result
                   else canvas.new_empty((q, h, w)))
@@ -309,10 +311,16 @@ class Segmenter:
     output_memory_limit: int | None = None
     #: classes per chunk on the pre-label path (its memory is ~ this x queries per class x H x W x 4 x 4)
     classes_per_chunk: int = 16
+    #: bytes a chunk's maps may take: fewer classes per chunk on large images (never under one class)
+    chunk_bytes: int = 512 * 2**20
+    #: bytes of the window-averaging canvas up to which it is summed as (h, w, Q) (faster; going
+    #: back to (Q, h, w) holds a second copy); larger ones are summed in place as (Q, h, w)
+    transposed_canvas_bytes: int = 256 * 2**20
     #: bytes of one ``(Q, H, W)`` float32 map under which the pre-label path upsamples every query
     #: at once and runs the protocol's operations on blocks of pixels (one map, no probability maps,
     #: faster than the protocol path); larger vocabularies or images go class chunk by class chunk
-    #: in bounded memory
+    #: in bounded memory, unless that map is no larger than a chunk's own maps (small vocabularies
+    #: on large images: one map of every query is then the smaller peak); 0: always class chunks
     whole_vocabulary_bytes: int = 256 * 2**20
 
     @torch.inference_mode()
@@ -480,12 +488,22 @@ class Segmenter:
                 up = pamr(guide, up[None], s.pamr_steps, s.pamr_dilations)[0]
             return up
 
-        whole = queries_total * size[0] * size[1] * 4 <= self.whole_vocabulary_bytes
+        pixels = size[0] * size[1]
+
+        def chunk_bytes(classes_per_chunk: int) -> int:    # a chunk's logits, scaled, softmax, merged
+            chunks = class_chunks(self._query_class, self.num_classes, classes_per_chunk)
+            return max(len(c) for c in chunks) * pixels * 4 * 4
+
+        classes_per_chunk = max(1, min(self.classes_per_chunk, self.num_classes))
+        while classes_per_chunk > 1 and chunk_bytes(classes_per_chunk) > self.chunk_bytes:
+            classes_per_chunk = max(1, classes_per_chunk * 2 // 3)
+        whole = self.whole_vocabulary_bytes > 0 and queries_total * pixels * 4 <= max(
+            self.whole_vocabulary_bytes, chunk_bytes(classes_per_chunk))
         mask, conf, stats = mask_and_confidence(
             full_res_logits, self._query_class.to(logits.device), self.num_classes, size,
             logit_scale=s.logit_scale, prob_thd=s.prob_thd, area_thd=s.area_thd,
             renormalize=self.method.renormalize_probs,
-            classes_per_chunk=self.num_classes if whole else self.classes_per_chunk,
+            classes_per_chunk=self.num_classes if whole else classes_per_chunk,
             with_confidence=confidence is not None)
         # narrowed where it was computed (on a GPU: before it crosses to the host)
         if self.num_classes <= 256:

@@ -256,7 +256,7 @@ def mask_and_confidence(full_res_logits, query_class: torch.Tensor, num_classes:
             full_res_logits(chunks[0]), query_class, num_classes, logit_scale=logit_scale, prob_thd=prob_thd,
             area_thd=area_thd, renormalize=renormalize, with_confidence=with_confidence)
     bounds = [(start, min(start + classes_per_chunk, num_classes)) for start in range(0, num_classes, classes_per_chunk)]
-    stats = {"passes": 0, "fallback_pixels": 0}
+    stats = {"passes": 0, "fallback_pixels": 0, "chunks": len(chunks)}
 
     kept_chunks: list = []
 

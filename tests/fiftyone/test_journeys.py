@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from support.fo import URI_EVALUATE, URI_PRELABEL, VOC_CLASSES, needs_core
+from support.images import write_bad_images
 
 FAST = {"short_side": 64, "crop": 64, "stride": 64, "templates": "a photo of a {}."}
 VOC_QUERY_WORDS = {4: "ship", 11: "table", 20: "television monitor"}
@@ -242,12 +243,7 @@ def test_failures_are_listed_in_full(fo, foo, tmp_path):
 
     good = tmp_path / "good_photo.jpg"
     Image.fromarray(np.full((40, 60, 3), 120, np.uint8)).save(good)
-    corrupt = tmp_path / "corrupt_file.jpg"
-    corrupt.write_bytes(b"this is not an image at all " * 40)
-    truncated = tmp_path / "truncated_photo.jpg"
-    truncated.write_bytes(good.read_bytes()[:200])
-    deep = tmp_path / "sixteen_bit.png"
-    Image.fromarray(np.arange(40 * 60, dtype=np.uint16).reshape(40, 60) * 20).save(deep)
+    corrupt, truncated, deep = write_bad_images(tmp_path, good)
     ds = fo.Dataset(f"bad-{tmp_path.name}")
     ds.add_samples([fo.Sample(filepath=str(p)) for p in (good, corrupt, truncated, deep)])
     r = foo.execute_operator(URI_PRELABEL, ctx={"dataset": ds, "params": {

@@ -15,11 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from support.fo import REPO_ROOT, URI_PRELABEL, needs_core, unique_name
+from support.images import write_bad_images
 
 ray = pytest.importorskip("ray", reason='ray is not installed (pip install "tfovss[ray]")')
 
@@ -140,13 +140,7 @@ def test_bad_images_are_listed_and_the_rest_labelled(fo, ray_cluster, data_dir, 
     from tfovss_fiftyone.prelabel import prelabel
 
     good = coco_paths(data_dir, 3)
-    corrupt = tmp_path / "corrupt.jpg"
-    corrupt.write_bytes(b"not an image at all" * 10)
-    truncated = tmp_path / "truncated.jpg"
-    truncated.write_bytes(Path(good[0]).read_bytes()[:600])
-    deep = tmp_path / "sixteen_bit.png"
-    Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 13).save(deep)
-    assert Image.open(deep).mode.startswith("I")
+    corrupt, truncated, deep = write_bad_images(tmp_path, good[0])
     paths = good + [str(corrupt), str(truncated), str(deep)]
 
     results = {}

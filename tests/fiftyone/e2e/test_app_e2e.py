@@ -34,6 +34,7 @@ from support.app import (ARTIFACTS, Shots, app_server as run_app_server, chromiu
                          dismiss_popups, show_in_app, sync_playwright_or_skip, wait_until)
 from support.coco import decode_coco
 from support.exif import sensor_image, write_oriented
+from support.images import write_bad_images
 from support.fo import (REPO_ROOT, URI_PRELABEL, VOC_CLASSES, coco_semantic,  # noqa: E402
                         make_dataset, needs_core, unique_name, voc_items)
 from support.processes import stop_process
@@ -563,18 +564,11 @@ def test_app_schedule_prelabel_delegated(fo, browser, app_server, app_dataset, d
 def bad_files_dataset(fo, data_dir, tmp_path_factory):
     """One good VOC photo (with ground truth), a corrupt file, a truncated JPEG, a 16-bit PNG
     and an EXIF-rotated JPEG (stored landscape, shown portrait)."""
-    from PIL import Image
-
     root = tmp_path_factory.mktemp("bad_files")
     good_img, good_gt = voc_items(data_dir)[0]
     good = root / "good.jpg"
     good.write_bytes(Path(good_img).read_bytes())
-    corrupt = root / "corrupt.jpg"
-    corrupt.write_bytes(b"not an image at all" * 10)
-    truncated = root / "truncated.jpg"
-    truncated.write_bytes(good.read_bytes()[:600])
-    deep = root / "sixteen_bit.png"
-    Image.fromarray(np.arange(96 * 128, dtype=np.uint16).reshape(96, 128) * 5).save(deep)
+    corrupt, truncated, deep = write_bad_images(root, good)
     rotated = root / "exif_rotated.jpg"
     shown = write_oriented(rotated, sensor_image(96, 160), 6)
     ds = fo.Dataset(unique_name("e2e-bad"))

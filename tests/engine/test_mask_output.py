@@ -163,8 +163,9 @@ def test_large_images_take_smaller_class_chunks_with_the_same_mask(tiny):
     seg.whole_vocabulary_bytes = 0
     default = seg.predict_mask(SAMPLES[1])
     h, w = protocol.mask.shape
-    seg.chunk_bytes = 8 * h * w * 16          # room for 8 queries' maps: background's own many queries
-    small = seg.predict_mask(SAMPLES[1])      # make the first chunk larger anyway, so one class a chunk
+    # room for 8 queries' maps: less than background's own queries, so the chunks shrink to one class
+    seg.chunk_bytes = 8 * h * w * 16
+    small = seg.predict_mask(SAMPLES[1])
     assert default.stats["chunks"] == 2 and small.stats["chunks"] == 21
     np.testing.assert_array_equal(default.mask, protocol.mask)
     np.testing.assert_array_equal(small.mask, protocol.mask)

@@ -12,9 +12,9 @@ def random_image(seed: int, height: int, width: int) -> np.ndarray:
 def write_bad_images(folder, good) -> tuple:
     """Three files a pre-label must list and go past, written into ``folder``: a file that is not
     an image (``corrupt.jpg``), ``good`` cut after 600 bytes or half its size if that is less
-    (``truncated.jpg``: a JPEG whose data stops early) and a
-    16-bit grayscale PNG (``sixteen_bit.png``, which the core refuses rather than rescales).
-    Returns their paths in that order."""
+    (``truncated.jpg``: a JPEG whose data stops early) and a 16-bit grayscale PNG
+    (``sixteen_bit.png``, which the core refuses rather than rescales). Returns their paths in
+    that order."""
     from pathlib import Path
 
     from PIL import Image

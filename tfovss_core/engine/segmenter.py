@@ -30,7 +30,7 @@ from tfovss_core.methods import Method, get_method_class, method_settings
 from tfovss_core.methods.base import WindowContext
 from tfovss_core.clip.loading import ClipModel
 from tfovss_core.ops.pamr import pamr
-from tfovss_core.ops.postprocess import class_chunks, mask_and_confidence, probabilities_and_mask
+from tfovss_core.ops.postprocess import mask_and_confidence, probabilities_and_mask
 from tfovss_core.clip.text import resolve_templates
 from tfovss_core.spec.classes import resolve_classes
 
@@ -489,10 +489,11 @@ class Segmenter:
             return up
 
         pixels = size[0] * size[1]
+        queries_per_class = torch.bincount(self._query_class, minlength=self.num_classes)
 
-        def chunk_bytes(classes_per_chunk: int) -> int:    # a chunk's logits, scaled, softmax, merged
-            chunks = class_chunks(self._query_class, self.num_classes, classes_per_chunk)
-            return max(len(c) for c in chunks) * pixels * 4 * 4
+        def chunk_bytes(classes_per_chunk: int) -> int:    # the largest chunk's logits, scaled, softmax, merged
+            per_chunk = queries_per_class.split(classes_per_chunk)   # the chunks of ops.postprocess.class_chunks
+            return max(int(c.sum()) for c in per_chunk) * pixels * 4 * 4
 
         classes_per_chunk = max(1, min(self.classes_per_chunk, self.num_classes))
         while classes_per_chunk > 1 and chunk_bytes(classes_per_chunk) > self.chunk_bytes:

@@ -7,6 +7,8 @@ COCO photos of 640x480:
   (c) the job runner with ``output="mask"``, decoding on a background thread (``prefetch``) and the
       sink's writes on a background thread (``background_writes``) into ``tfovss segment``'s files
       sink (mask PNG + overlay JPEG per image),
+  (c4) the same with ``images_per_batch=4`` (windows of 4 images per forward pass; the lever for a
+      GPU, measured here on the CPU),
   (d) with ``--plugin``: the FiftyOne pre-label (``tfovss_fiftyone.prelabel.prelabel``, what the
       operator runs) of the same photos in a temporary dataset, mask PNGs and database writes,
 at 21 classes (voc21), in images/s; then the cost outside the model at 171 classes (coco_stuff) on
@@ -52,7 +54,7 @@ def rate(fn, images) -> tuple[float, list]:
     return len(images) / (time.perf_counter() - t), out
 
 
-def runner_rate(seg, images, out_dir: Path) -> tuple[float, dict]:
+def runner_rate(seg, images, out_dir: Path, images_per_batch: int = 1) -> tuple[float, dict]:
     from tfovss_core.cli import SegmentFilesSink
     from tfovss_core.engine.runner import Item, JobRunner, ModelPass, RunRef, SerialExecutor
 
@@ -66,7 +68,8 @@ def runner_rate(seg, images, out_dir: Path) -> tuple[float, dict]:
     sink = Checking(out_dir, list(seg.class_names), list(range(seg.num_classes)), banner=None)
     items = [Item(p.stem, str(p), (i, out_dir / f"{p.stem}.png", out_dir / f"{p.stem}.jpg"))
              for i, p in enumerate(images)]
-    runner = JobRunner(ModelPass({"sclip": seg}, output="mask"), [RunRef("sclip", "bench")], sink,
+    runner = JobRunner(ModelPass({"sclip": seg}, output="mask", images_per_batch=images_per_batch),
+                       [RunRef("sclip", "bench")], sink,
                        executor=SerialExecutor(decode_workers=1), background_writes=4)
     t = time.perf_counter()
     stats = runner.run(items)
@@ -168,12 +171,15 @@ def main(argv=None) -> int:
     rate_mask, lean = rate(seg.predict_mask, images)
     with tempfile.TemporaryDirectory() as tmp:
         rate_runner, runner_masks = runner_rate(seg, images, Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        rate_batched, batched_masks = runner_rate(seg, images, Path(tmp), images_per_batch=4)
     rate_plugin, plugin_masks = None, None
     if args.plugin:
         with tempfile.TemporaryDirectory() as tmp:
             rate_plugin, plugin_masks = plugin_rate(model, images, Path(tmp))
     for p, a, b in zip(images, probs, lean):
-        if not (np.array_equal(a.mask, b.mask) and np.array_equal(a.mask, runner_masks[p.stem])):
+        if not (np.array_equal(a.mask, b.mask) and np.array_equal(a.mask, runner_masks[p.stem])
+                and np.array_equal(a.mask, batched_masks[p.stem])):
             raise SystemExit(f"{p.name}: the pre-label mask differs from the protocol's")
         if plugin_masks is not None and not np.array_equal(a.mask, plugin_masks[p.stem]):
             raise SystemExit(f"{p.name}: the plugin's mask differs from the protocol's")
@@ -188,12 +194,14 @@ def main(argv=None) -> int:
     report = {"images": len(images), "size": "640x480", "torch_threads": 1, "model": "tiny random CLIP",
               "classes": seg.num_classes, "images_per_s": {"predict": rate_probs, "predict_mask": rate_mask,
                                                            "runner_mask_prefetch_background_writer": rate_runner,
+                                                           "runner_images_per_batch_4": rate_batched,
                                                            "plugin_prelabel": rate_plugin},
               "outside_model": rows, "vit_b16_model_vs_outside": shares}
     print(f"{len(images)} COCO photos 640x480, tiny CLIP, 1 torch thread, sclip voc21 ({seg.num_classes} classes)")
     print(f"  (a) Segmenter.predict loop                         {rate_probs:6.2f} images/s")
     print(f"  (b) Segmenter.predict_mask loop                    {rate_mask:6.2f} images/s")
     print(f"  (c) runner output='mask' + prefetch + bg writer    {rate_runner:6.2f} images/s (mask PNG + overlay)")
+    print(f"  (c4) the same, images_per_batch=4                  {rate_batched:6.2f} images/s")
     if rate_plugin is not None:
         print(f"  (d) FiftyOne pre-label (PNG + database)            {rate_plugin:6.2f} images/s "
               f"({rate_plugin / max(rate_mask, rate_runner):.2f}x the best of (b), (c))")

@@ -94,7 +94,7 @@ def run_from_args(args) -> int:
                       device=args.device, batch_size=args.batch_size,
                       output_dir=args.output_dir, overwrite=args.overwrite,
                       skip_labelled=not args.recompute, vocabulary_source="tfovss prelabel",
-                      executor=executor_from_args(args),
+                      executor=executor_from_args(args), images_per_batch=args.images_per_batch,
                       progress=lambda done, total, label: print(label, file=sys.stderr))
         options = _pairs(args.option, "--option")
         methods = list(dict.fromkeys(args.method))

@@ -207,7 +207,8 @@ def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
              confidence_field: str | None = None,
              progress: Callable[[int, int, str], None] | None = None,
              vocabulary_source: str | None = None, masks_in_db: bool = False,
-             executor=None, ray_address: str | None = None) -> PrelabelReport:
+             executor=None, ray_address: str | None = None,
+             images_per_batch: int = 1) -> PrelabelReport:
     """Segments every sample of ``samples`` into ``label_field`` (see the module docstring).
 
     Args:
@@ -238,6 +239,9 @@ def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
             files (``output_dir`` must be storage they share with this process; with
             ``masks_in_db`` the masks travel back instead), the labels are written here. Same
             masks, bit for bit, as a local run.
+        images_per_batch: samples whose windows go through the model together (the job
+            runner's ``ModelPass.images_per_batch``: fewer, larger forward passes, which keeps a
+            GPU busy; the same masks at the protocols' window sizes); 1: one at a time
 
     Returns:
         a :class:`PrelabelReport`
@@ -251,7 +255,7 @@ def prelabel(samples, label_field: str, *, classes, method: str = "sclip",
          pretrained=pretrained, model=model, settings=settings, device=device,
          batch_size=batch_size, output_dir=output_dir, overwrite=overwrite,
          skip_labelled=skip_labelled, progress=progress, vocabulary_source=vocabulary_source,
-         executor=_executor(executor, ray_address))
+         executor=_executor(executor, ray_address), images_per_batch=images_per_batch)
     return plan.report
 
 
@@ -263,7 +267,8 @@ def prelabel_many(samples, fields_by_method: Mapping[str, str], *, classes,
                   skip_labelled: bool = True, confidence_suffix: str | None = None,
                   progress: Callable[[int, int, str], None] | None = None,
                   vocabulary_source: str | None = None, masks_in_db: bool = False,
-                  executor=None, ray_address: str | None = None) -> MultiPrelabelReport:
+                  executor=None, ray_address: str | None = None,
+                  images_per_batch: int = 1) -> MultiPrelabelReport:
     """Several methods in one pass: ``{method: field}``, one ``fo.Segmentation`` field each.
 
     The methods run through one :class:`tfovss_core.MultiSegmenter`, which computes the frozen
@@ -281,7 +286,8 @@ def prelabel_many(samples, fields_by_method: Mapping[str, str], *, classes,
             (method names as for :func:`prelabel`, add-ons included)
         method_options: ``{method: {option: value}}`` for the methods that need them
         confidence_suffix: also write each field's confidence heatmap to ``<field><suffix>``
-        executor, ray_address: where the model pass runs, as for :func:`prelabel`
+        executor, ray_address, images_per_batch: where and how the model pass runs, as for
+            :func:`prelabel`
         others: as for :func:`prelabel` (shared by every method)
 
     Returns:
@@ -301,7 +307,8 @@ def prelabel_many(samples, fields_by_method: Mapping[str, str], *, classes,
                 pretrained=pretrained, model=model, settings=settings, device=device,
                 batch_size=batch_size, output_dir=output_dir, overwrite=overwrite,
                 skip_labelled=skip_labelled, progress=progress,
-                vocabulary_source=vocabulary_source, executor=_executor(executor, ray_address))
+                vocabulary_source=vocabulary_source, executor=_executor(executor, ray_address),
+                images_per_batch=images_per_batch)
 
 
 def _executor(executor, ray_address: str | None):
@@ -531,7 +538,7 @@ def _labels_of(p: _FieldPlan, sid: str, res, synthetic: bool):
 
 def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch, pretrained,
          model, settings, device, batch_size, output_dir, overwrite, skip_labelled, progress,
-         vocabulary_source, executor=None) -> MultiPrelabelReport:
+         vocabulary_source, executor=None, images_per_batch: int = 1) -> MultiPrelabelReport:
     """The run behind :func:`prelabel` (one plan, a Segmenter) and :func:`prelabel_many`
     (several plans, one MultiSegmenter). Every check happens before the first write."""
     import tfovss_core as tc
@@ -598,7 +605,7 @@ def _run(plans: list[_FieldPlan], samples, *, shared_trunk: bool, classes, arch,
                                  [(p.field, p.method, p.options) for p in plans])
         spec.finish = LabelDataMaker({p.field: _target(p) for p in plans})
     # only masks and confidences are stored: the pre-label path (no probability maps, bounded memory)
-    passes = ModelPass(spec, item_errors=(Exception,), output="mask")
+    passes = ModelPass(spec, item_errors=(Exception,), output="mask", images_per_batch=images_per_batch)
 
     def on_progress(done: int, todo: int) -> None:
         if progress is not None and (done % batch_n == 0 or done == todo):

@@ -96,6 +96,24 @@ def test_ray_outcomes_equal_the_serial_executors_bit_for_bit(ray_cluster, segs, 
 
 
 @needs_ray
+def test_ray_actors_batch_images_with_the_same_masks(ray_cluster, coco, tmp_path):
+    # --images-per-batch reaches the actors' model pass; at the protocol's window size (224) the
+    # masks are a one-image-at-a-time local run's, byte for byte
+    from tfovss_core.cli import main
+
+    args = ["segment"] + [str(p) for p in coco[:4]] + ["--classes", "cat; dog, puppy; car", "--method", "sclip",
+                                          "--pretrained", "tiny:0", "--device", "cpu", "--quiet",
+                                          "--set", "short_side=224"]
+    assert main(args + ["--out", str(tmp_path / "local")]) == 0
+    assert main(args + ["--out", str(tmp_path / "ray"), "--ray", "--ray-actors", "1", "--ray-batch-size", "4",
+                        "--images-per-batch", "2"]) == 0
+    local = sorted(p.name for p in (tmp_path / "local").glob("*_mask.png"))
+    assert len(local) == 4
+    for name in local:
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+
+
+@needs_ray
 def test_segment_cli_with_ray_writes_the_same_files(ray_cluster, coco, tmp_path):
     from tfovss_core.cli import main
 

@@ -87,7 +87,8 @@ def cmd_segment(args) -> int:
             items.append(item)
     bar = tqdm(total=len(items), desc=f"{seg.method.name}", unit="img", disable=args.quiet)
     # the sink stores only each mask (PNG and overlay): the pre-label path, no probability maps
-    JobRunner(ModelPass({seg.method.name: seg}, output="mask"), [RunRef(seg.method.name, "segment")], sink,
+    JobRunner(ModelPass({seg.method.name: seg}, output="mask", images_per_batch=args.images_per_batch),
+              [RunRef(seg.method.name, "segment")], sink,
               executor=executor, progress=lambda done, total: bar.update(1)).run(items)
     bar.close()
     written, failures = sink.written(), sink.failures()

@@ -1,6 +1,6 @@
-"""The ``--ray`` options of the batch commands (``segment``, ``benchmark``, ``prelabel``): the job
-runner's model pass in Ray actors (:mod:`tfovss_core.engine.ray_executor`). Ray is imported only
-when ``--ray`` is given."""
+"""The execution options of the batch commands (``segment``, ``benchmark``, ``prelabel``): ``--ray``
+runs the job runner's model pass in Ray actors (:mod:`tfovss_core.engine.ray_executor`; Ray is
+imported only when it is given); ``--images-per-batch`` batches windows across images."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,9 @@ def add_ray_arguments(p: argparse.ArgumentParser) -> None:
                    help="images per Ray task (default 4)")
     p.add_argument("--ray-gpus", type=float, default=0, metavar="G",
                    help="GPUs per Ray actor (default 0)")
+    p.add_argument("--images-per-batch", type=int, default=1, metavar="N",
+                   help="images whose windows go through the model together (default 1; more keeps a "
+                        "GPU busy; the same masks at the protocols' window sizes)")
 
 
 def executor_from_args(args):

@@ -202,40 +202,60 @@ class MultiSegmenter:
         method's pre-label path (:meth:`Segmenter.predict_mask`) on the same shared trunk, so each
         mask is identical to that method's ``predict_mask`` alone.
         """
-        check_output(output)
         label = image_label(image, name)
-        results: dict[str, SegmentationResult] = {}
+        return self.predict_many([image], None if prepared is None else [prepared], names=[label],
+                                 output=output)[0]
+
+    @torch.inference_mode()
+    def predict_many(self, images: Sequence, prepared: Sequence[dict] | None = None,
+                     names: Sequence[str] | None = None, output: str = "probs") -> list[dict]:
+        """Every method on several images, ``[{label: result}]`` in their order, the windows of
+        images of one shape batched across them (:meth:`Segmenter.windows_of_images`): fewer,
+        larger forward passes, which is what keeps a GPU busy; each result is the image's own
+        :meth:`predict` where the kernels compute each window independently of its batch (CPU).
+
+        ``prepared``: :meth:`prepare_all` of each image (decoded ahead). Memory grows with the
+        images (their inputs and window logits are held until the last batch); the job runner
+        bounds them with ``images_per_batch``.
+        """
+        check_output(output)
+        labels = list(names) if names is not None else [image_label(im, None) for im in images]
         if prepared is None:
-            prepared = self.prepare_all(image, label)
-        groups: dict[Any, list[str]] = {}
-        for g, seg in self.segmenters.items():
-            pkey = _prepare_key(seg)
-            groups.setdefault((pkey, _window_key(seg, prepared[pkey][1])), []).append(g)
-        self.last_groups = list(groups.values())
-        for (pkey, _), group in groups.items():
-            rgb, x = prepared[pkey]
-            size = rgb.shape[:2]
+            prepared = [self.prepare_all(im, lb) for im, lb in zip(images, labels)]
+        results: list[dict] = [{} for _ in images]
+        # images whose trunk groups and input shapes coincide run their windows together
+        runs: dict[Any, list[int]] = {}
+        for n, ready in enumerate(prepared):
+            groups: dict[Any, list[str]] = {}
+            for g, seg in self.segmenters.items():
+                pkey = _prepare_key(seg)
+                x = ready[pkey][1]
+                groups.setdefault((pkey, tuple(x.shape), _window_key(seg, x)), []).append(g)
+            self.last_groups = list(groups.values())
+            for key, group in groups.items():
+                runs.setdefault((key, tuple(group)), []).append(n)
+        for ((pkey, _, _), group), members in runs.items():
+            xs = [prepared[n][pkey][1] for n in members]
             segs = [self.segmenters[g] for g in group]
-            if len(segs) == 1:
-                results[group[0]] = _finish(segs[0], x, size, label, output)
-                n = len(sliding_windows(*x.shape[-2:], segs[0].settings.crop, segs[0].settings.stride))
-                self.trunk_runs += -(-n // segs[0].window_batch_size(x, n))
-                continue
             for seg in segs:
                 seg.text_features  # noqa: B018  (encode the text before the window loop)
-            shared = SharedTrunk(self.model.visual, self.shared_request(group))
-            outputs: list[list[WindowOutput]] = [[] for _ in segs]
+            shared = SharedTrunk(self.model.visual, self.shared_request(group)) if len(segs) > 1 else None
+            outputs = [[[] for _ in members] for _ in segs]     # [method][image] -> window outputs
+            batches = 0
             with ExitStack() as stack:
                 for extra in _shared_extra_backbones(segs):
                     stack.enter_context(extra.share_batches())
-                for outs in zip(*(seg.windows(x, trunk_fn=shared) for seg in segs), strict=True):
-                    for kept, out in zip(outputs, outs):
-                        kept.append(_light(out))
-            shared.clear()
-            self.trunk_runs += shared.runs
-            for g, seg, outs in zip(group, segs, outputs):
-                results[g] = _finish(seg, x, size, label, output, outs)
-        return {g: results[g] for g in self.segmenters}
+                for per_method in zip(*(seg.windows_of_images(xs, trunk_fn=shared) for seg in segs), strict=True):
+                    batches += 1
+                    for kept, per_image in zip(outputs, per_method):
+                        for i, out in per_image:
+                            kept[i].append(_light(out))
+            self.trunk_runs += shared.runs if shared is not None else batches
+            for g, seg, per_image in zip(group, segs, outputs):
+                for n, outs in zip(members, per_image):
+                    rgb, x = prepared[n][pkey]
+                    results[n][g] = _finish(seg, x, rgb.shape[:2], labels[n], output, outs)
+        return [{g: r[g] for g in self.segmenters} for r in results]
 
     def predict_batch(self, images: Sequence) -> list[dict[str, SegmentationResult]]:
         return [self.predict(im) for im in images]

@@ -97,10 +97,12 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None,
 
 class _BatchWorker:
     """The actor: one model pass, built once; runs batches of works. ``output``: the driver's
-    ``ModelPass.output`` (``"mask"``: the pre-label path, no probability maps in the actor)."""
+    ``ModelPass.output`` (``"mask"``: the pre-label path, no probability maps in the actor) and
+    ``images_per_batch`` (images whose windows share forward passes in the actor)."""
 
-    def __init__(self, spec: ModelSpec, item_errors: Sequence[type], output: str = "probs"):
-        self.model = ModelPass(spec, item_errors, output=output)
+    def __init__(self, spec: ModelSpec, item_errors: Sequence[type], output: str = "probs",
+                 images_per_batch: int = 1):
+        self.model = ModelPass(spec, item_errors, output=output, images_per_batch=images_per_batch)
 
     def pid(self) -> int:
         return os.getpid()
@@ -179,6 +181,7 @@ class RayExecutor:
         ray = require_ray()
         item_errors = tuple(model.item_errors) if isinstance(model, ModelPass) else ITEM_ERRORS
         output = model.output if isinstance(model, ModelPass) else "probs"
+        images_per_batch = model.images_per_batch if isinstance(model, ModelPass) else 1
         started = self._connect()
         actors: list[Any] = []
         try:
@@ -190,7 +193,7 @@ class RayExecutor:
                 num_cpus=self.num_cpus_per_actor, num_gpus=self.num_gpus_per_actor,
                 max_restarts=-1, max_task_retries=-1)
             n = min(self.num_actors, -(-len(works) // self.batch_size))
-            actors = [Worker.remote(spec_ref, item_errors, output) for _ in range(n)]
+            actors = [Worker.remote(spec_ref, item_errors, output, images_per_batch) for _ in range(n)]
             self.actor_pids = ray.get([a.pid.remote() for a in actors])
             batches = [works[i:i + self.batch_size] for i in range(0, len(works), self.batch_size)]
             yield from self._stream(ray, actors, batches)

@@ -129,20 +129,30 @@ class ModelPass:
 
     ``output``: ``"probs"`` (results are ``SegmentationResult`` s, the protocol path with every
     class's probability map) or ``"mask"`` (``MaskResult`` s: the same mask and confidence in
-    bounded memory, for sinks that store only those)."""
+    bounded memory, for sinks that store only those).
+    ``images_per_batch``: images whose windows go through the model together
+    (:meth:`~tfovss_core.engine.multi.MultiSegmenter.predict_many`; images of one shape share
+    forward passes, which keeps a GPU busy); 1: one image at a time."""
 
-    def __init__(self, spec: ModelSpec | Mapping[str, Any], item_errors=ITEM_ERRORS, output: str = "probs"):
+    def __init__(self, spec: ModelSpec | Mapping[str, Any], item_errors=ITEM_ERRORS, output: str = "probs",
+                 images_per_batch: int = 1):
         from tfovss_core.engine.segmenter import check_output
 
         check_output(output)
+        if int(images_per_batch) < 1:
+            raise ConfigError(f"images_per_batch={images_per_batch}: expected 1 or more")
         self.output = output
+        self.images_per_batch = int(images_per_batch)
         self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec(predictors=dict(spec))
         self.predictors = dict(self.spec.materialise())
         if not self.predictors:
             raise ConfigError("the model pass has no predictors")
         self.item_errors = tuple(item_errors)
         self._multis: dict[tuple[str, ...], Any] = {}
-        self._shareable = self.spec.shared_trunk and self._same_model_segmenters()
+        # one Segmenter alone goes through a MultiSegmenter of itself too (its own predict, bit for
+        # bit): that path decodes ahead on the executor's threads and batches images
+        self._shareable = ((self.spec.shared_trunk or len(self.predictors) == 1)
+                           and self._same_model_segmenters())
 
     def _same_model_segmenters(self) -> bool:
         from tfovss_core.engine.segmenter import Segmenter
@@ -221,11 +231,63 @@ def process(model: ModelPass, work: Work, prepared=None) -> Outcome:
     return out
 
 
+def process_many(model: ModelPass, works: Sequence[Work], prepared: Sequence | None = None) -> list[Outcome]:
+    """Several items through the model pass, ``model.images_per_batch`` at a time with their
+    windows batched across images (:meth:`MultiSegmenter.predict_many`); the same outcomes as
+    :func:`process` on each. An image that cannot be decoded fails alone; if a batched pass
+    raises an item error, its items go through :func:`process` one by one, so the error is
+    charged only to the item (and method) that raises it.
+
+    ``prepared``: per work, a future or value of :meth:`ModelPass.decode_job`, or None."""
+    prepared = list(prepared) if prepared is not None else [None] * len(works)
+    step = model.images_per_batch
+    if step == 1:
+        return [process(model, w, p) for w, p in zip(works, prepared)]
+    outs: list[Outcome] = []
+    for start in range(0, len(works), step):
+        outs.extend(_process_together(model, works[start:start + step], prepared[start:start + step]))
+    return outs
+
+
+def _process_together(model: ModelPass, works: Sequence[Work], prepared: Sequence) -> list[Outcome]:
+    multi = model.multi(works[0].labels)
+    if multi is None or len({w.labels for w in works}) > 1:
+        # predictors that cannot share a pass, or items needing different runs (a resumed job)
+        return [process(model, w, p) for w, p in zip(works, prepared)]
+    t = time.time()
+    outs = [Outcome(w) for w in works]
+    readies: dict[int, Any] = {}
+    for n, (w, ready) in enumerate(zip(works, prepared)):
+        try:  # an image that cannot be decoded fails every run at once, and alone
+            if hasattr(ready, "result"):
+                readies[n] = ready.result()
+            else:
+                readies[n] = ready if ready is not None else multi.prepare_all(w.item.source)
+        except model.item_errors as exc:
+            outs[n].errors = {lb: exc for lb in w.labels}
+    members = list(readies)
+    if members:
+        try:
+            results = multi.predict_many([works[n].item.source for n in members], [readies[n] for n in members],
+                                         output=model.output)
+        except model.item_errors:
+            for n in members:
+                outs[n] = process(model, works[n], readies[n])
+            return outs
+        for n, res in zip(members, results):
+            outs[n].results = dict(res)
+            outs[n].groups = [list(g) for g in multi.last_groups]
+            outs[n].image = next(iter(readies[n].values()))[0]
+    for o in outs:                 # the batch's time, shared out
+        o.seconds = (time.time() - t) / len(works)
+    return outs
+
+
 def run_batch(model: ModelPass | ModelSpec, works: Sequence[Work]) -> list[Outcome]:
     """A batch of works through the model pass: the unit a distributed executor ships. The
     spec's ``finish`` (if any) is applied to each outcome here, where the work ran."""
     passes = model if isinstance(model, ModelPass) else ModelPass(model)
-    outs = [process(passes, w) for w in works]
+    outs = process_many(passes, works)
     finish = passes.spec.finish
     return outs if finish is None else [finish(o) for o in outs]
 
@@ -240,13 +302,20 @@ class SerialExecutor:
 
     def map(self, model: ModelPass, works: Iterable[Work]) -> Iterator[Outcome]:
         if self.decode_workers <= 0:
-            for w in works:
-                yield process(model, w)
-            return
-        from tfovss_core.engine.multi import prefetch
+            jobs: Iterable = ((w, None) for w in works)
+        else:
+            from tfovss_core.engine.multi import prefetch
 
-        for w, future in prefetch(works, model.decode_job, self.decode_workers, self.ahead):
-            yield process(model, w, future)
+            # decoding runs at least one batch of images ahead of the model
+            ahead = max(self.ahead or 2 * self.decode_workers, model.images_per_batch + self.decode_workers)
+            jobs = prefetch(works, model.decode_job, self.decode_workers, ahead)
+        batch: list = []
+        for job in jobs:
+            batch.append(job)
+            if len(batch) == model.images_per_batch:
+                yield from process_many(model, [w for w, _ in batch], [f for _, f in batch])
+                batch = []
+        yield from process_many(model, [w for w, _ in batch], [f for _, f in batch])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,4 +413,4 @@ class JobRunner:
 
 
 __all__ = ["Item", "RunRef", "Work", "Outcome", "Sink", "ModelSpec", "ModelPass", "process",
-           "run_batch", "SerialExecutor", "JobStats", "JobRunner", "ITEM_ERRORS"]
+           "process_many", "run_batch", "SerialExecutor", "JobStats", "JobRunner", "ITEM_ERRORS"]

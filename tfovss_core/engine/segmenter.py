@@ -213,24 +213,65 @@ class Segmenter:
         s = self.settings
         _, _, h, w = x.shape
         boxes = sliding_windows(h, w, s.crop, s.stride)
-        request = self.method.trunk_request()
         batch = self.window_batch_size(x, len(boxes))
-        amp = autocast(x.device, s.precision)
         for start in range(0, len(boxes), batch):
             chunk = boxes[start:start + batch]
-            crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
-            pad = self.window_padding(crops.shape[-2], crops.shape[-1])
-            if any(pad):
-                crops = F.pad(crops, pad)
-            with self.model.visual.weight_edit(self.method.weight_edits()), amp:
-                trunk = (trunk_fn or self.model.visual.run_trunk)(crops, request)
-                if self.method.needs_context:
-                    context = WindowContext(images=crops, text=text, logit_scale=float(s.logit_scale))
-                    feats = self.method.features(trunk, context)
-                else:
-                    feats = self.method.features(trunk)
-            feats = F.normalize(feats.float(), dim=-1)
-            yield chunk, self.method.output_grid(trunk, crops), feats
+            grid, feats = self.crop_features(torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk]),
+                                             trunk_fn, text)
+            yield chunk, grid, feats
+
+    def crop_features(self, crops: torch.Tensor, trunk_fn=None, text: torch.Tensor | None = None
+                      ) -> tuple[tuple[int, int], torch.Tensor]:
+        """``(grid, unit features (n, gh*gw, D))`` of a batch of same-sized windows ``(n, 3, ch, cw)``:
+        padding, the trunk (or ``trunk_fn``) and the method, in the settings' precision."""
+        s = self.settings
+        pad = self.window_padding(crops.shape[-2], crops.shape[-1])
+        if any(pad):
+            crops = F.pad(crops, pad)
+        with self.model.visual.weight_edit(self.method.weight_edits()), autocast(crops.device, s.precision):
+            trunk = (trunk_fn or self.model.visual.run_trunk)(crops, self.method.trunk_request())
+            if self.method.needs_context:
+                context = WindowContext(images=crops, text=text, logit_scale=float(s.logit_scale))
+                feats = self.method.features(trunk, context)
+            else:
+                feats = self.method.features(trunk)
+        return self.method.output_grid(trunk, crops), F.normalize(feats.float(), dim=-1)
+
+    def windows_of_images(self, xs: Sequence[torch.Tensor], trunk_fn=None
+                          ) -> Iterator[list[tuple[int, WindowOutput]]]:
+        """The windows of several prepared inputs of one shape, batched across the images: per
+        forward pass, ``[(image index, WindowOutput of that image's windows in the batch)]``.
+
+        The windows are those of :meth:`windows` on each input, in the same order, cut into batches
+        of :meth:`window_batch_size` of all the images' windows; feeding each image's outputs to
+        :meth:`input_logits` gives its logits. Bit-for-bit :meth:`windows` where the trunk and the
+        method compute each window independently of its batch neighbours: the CPU kernels do at
+        the protocols' window sizes (``tests/engine/test_images_per_batch.py`` checks every method
+        at 224); far smaller windows (a few patches) and GPU kernels may pick other kernels for
+        other batch sizes and round differently in the last bit, as the ``batch_size`` setting can.
+        """
+        shapes = {tuple(x.shape) for x in xs}
+        if len(shapes) != 1 or next(iter(shapes))[0] != 1:
+            raise ConfigError(f"windows_of_images needs inputs of one shape (1, 3, h, w), got {sorted(shapes)}")
+        s = self.settings
+        text = self.text_features
+        _, _, h, w = xs[0].shape
+        boxes = sliding_windows(h, w, s.crop, s.stride)
+        pairs = [(i, box) for i in range(len(xs)) for box in boxes]
+        batch = self.window_batch_size(xs[0], len(pairs))
+        for start in range(0, len(pairs), batch):
+            part = pairs[start:start + batch]
+            grid, feats = self.crop_features(
+                torch.cat([xs[i][:, :, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in part]), trunk_fn, text)
+            per_image: list[tuple[int, WindowOutput]] = []
+            row = 0
+            for i in dict.fromkeys(i for i, _ in part):
+                own = [box for j, box in part if j == i]
+                f = feats[row:row + len(own)]
+                per_image.append((i, WindowOutput(boxes=own, grid=grid, features=f,
+                                                  logits=window_logits(f, text, grid))))
+                row += len(own)
+            yield per_image
 
     def window_padding(self, height: int, width: int) -> tuple[int, int, int, int]:
         """Zero padding (left, right, top, bottom) of a window: to the method's ``pad_multiple``

@@ -155,6 +155,9 @@ def _add_settings(inputs):
                description="auto, cpu, cuda, cuda:1, ...")
     inputs.int("batch_size", default=8, min=1, label="Batch size",
                description="Samples per write batch and CLIP windows per forward pass")
+    inputs.int("images_per_batch", default=1, min=1, label="Images per forward pass",
+               description="Samples whose windows go through the model together: more keeps a GPU "
+                           "busy (the same masks); 1 on a CPU")
 
 
 def _check_output_fields(inputs, ds, fields, prop_name):
@@ -224,6 +227,7 @@ def _run_params(p) -> dict:
     return dict(arch=p.get("arch") or "ViT-B-16", pretrained=p.get("pretrained") or "openai",
                 settings=forms.read_settings(p), device=p.get("device") or None,
                 batch_size=int(p.get("batch_size") or 8),
+                images_per_batch=int(p.get("images_per_batch") or 1),
                 output_dir=forms.path_param(p.get("output_dir")),
                 overwrite=bool(p.get("overwrite")),
                 skip_labelled=p.get("skip_labelled", True) is not False,

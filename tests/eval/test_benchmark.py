@@ -346,6 +346,31 @@ def test_shared_trunk_runs_the_frozen_blocks_once_per_window_batch(tmp_path, cou
     assert len(calls) == alone["sclip"] + alone["unveil"]
 
 
+def test_images_per_batch_gives_the_same_records_with_fewer_forward_passes(tmp_path, counted_tiny, small_voc):
+    """Three same-sized tiles, 6 windows each, 4 windows per forward pass: one image at a time
+    takes 2 passes each (4 + 2 windows), the three together 5 (18 windows); same records, masks
+    and metrics."""
+    weights, model, calls = counted_tiny
+    stored = {}
+    for k in (1, 3):
+        calls.clear()
+        runner = bm.BenchmarkRunner(["sclip"], {"voc21": get_importer("voc21", small_voc)}, weights,
+                                    tmp_path / f"k{k}", overrides={"templates": "single", "batch_size": 4,
+                                                                   "prob_thd": 0, "area_thd": None},
+                                    save_masks=True, progress=False, log=lambda s: None, model=model,
+                                    images_per_batch=k)
+        runner.run()
+        run_dir = next((tmp_path / f"k{k}" / "runs").iterdir())
+        stored[k] = (len(calls), runner.results[0].metrics, _stored(run_dir))
+    assert stored[1][0] == 3 * 2 and stored[3][0] == 5
+    for name, value in stored[1][1].items():                                 # mIoU, IoU, accuracies
+        assert np.array_equal(np.asarray(value), np.asarray(stored[3][1][name]), equal_nan=True), name
+    records, masks = stored[3][2]
+    assert records == stored[1][2][0] and len(masks) == 3
+    for i, mask in masks.items():
+        assert np.array_equal(mask, stored[1][2][1][i]), i
+
+
 def test_shared_trunk_resumes_a_method_finished_before_another(tmp_path, counted_tiny, small_voc):
     """sclip has image 1, unveil nothing: image 1 is computed for unveil only, image 2 for both
     in one shared pass; the records equal separate runs'."""

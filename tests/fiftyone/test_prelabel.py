@@ -5,7 +5,6 @@ meaning)."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +246,31 @@ def test_prelabel_writes_off_the_model_thread_in_batches(fo, coco_ds, tmp_path, 
     # a full batch on the writer thread; the rest when the runner closes the sink, the model done
     assert batches == [("tfovss-sink", 3), (threading.current_thread().name, 1)]
     assert len(coco_ds.exists("ovss")) == 4
+
+
+def test_operator_images_per_batch_lands_the_same_masks(fo, foo, voc_ds, tmp_path):
+    """The form's *Images per forward pass* reaches the runner: at the protocol's window size the
+    fields of 1 and 2 images per pass hold the same mask bytes."""
+    protocol = {"short_side": 224, "crop": 224, "stride": 112}
+    one = foo.execute_operator(URI_PRELABEL, ctx={"dataset": voc_ds, "params": params(
+        tmp_path / "one", label_field="one", **protocol)}).result
+    two = foo.execute_operator(URI_PRELABEL, ctx={"dataset": voc_ds, "params": params(
+        tmp_path / "two", label_field="two", images_per_batch=2, **protocol)}).result
+    assert one["num_labelled"] == two["num_labelled"] == len(voc_ds) == 2
+    assert one["settings_hash"] == two["settings_hash"]    # an execution option, not a setting
+    voc_ds.reload()
+    for s in voc_ds:
+        assert Path(s.two.mask_path).read_bytes() == Path(s.one.mask_path).read_bytes()
+        assert s.two.mean_confidence == s.one.mean_confidence
+
+
+def test_prelabel_and_compare_forms_offer_images_per_batch(fo, voc_ds, tmp_path):
+    from types import SimpleNamespace
+
+    from tfovss_fiftyone.operators import CompareMethods, PrelabelSegmentation
+
+    for operator in (PrelabelSegmentation(), CompareMethods()):
+        ctx = SimpleNamespace(dataset=voc_ds, params=params(tmp_path), target_view=lambda: voc_ds,
+                              view=voc_ds, selected=[])
+        prop = operator.resolve_input(ctx).type.properties["images_per_batch"]
+        assert prop.default == 1 and prop.view.label == "Images per forward pass", type(operator).__name__

@@ -178,7 +178,8 @@ def run_from_args(args) -> int:
                                  save_masks=args.save_masks or args.fiftyone,
                                  recompute=args.recompute, progress=not args.no_progress, log=log,
                                  shared_trunk=not args.no_shared_trunk,
-                                 executor=executor_from_args(args))
+                                 executor=executor_from_args(args),
+                                 images_per_batch=args.images_per_batch)
         if weights.synthetic:
             log(f"NOTE: {SYNTHETIC_BANNER}")
         results = runner.run()

@@ -209,7 +209,7 @@ class BenchmarkRunner:
                  save_masks: bool = False, recompute: bool = False, progress: bool = True,
                  log: Callable[[str], None] = print, model=None,
                  segmenter_factory: Callable[[RunSpec], Any] | None = None,
-                 shared_trunk: bool = True, executor=None):
+                 shared_trunk: bool = True, executor=None, images_per_batch: int = 1):
         if not methods:
             raise BenchmarkError("no methods given")
         if not importers:
@@ -229,6 +229,7 @@ class BenchmarkRunner:
         self.segmenter_factory = segmenter_factory
         self.shared_trunk = shared_trunk
         self.executor = executor  # the job runner's executor (None: this process; or Ray)
+        self.images_per_batch = images_per_batch  # images whose windows share forward passes
         self.trunk_batches = 0   # frozen-trunk window batches computed through shared passes
         self.model_loaded = False
         self.results: list[RunResult] = []
@@ -370,7 +371,8 @@ class BenchmarkRunner:
                     f"{'mIoU' if len(runs) == 1 else r.spec.method} "
                     f"{100 * metrics_from_confusion(r.running)['mIoU']:.2f}" for r in runs))
 
-        model = ModelPass(ModelSpec({r.spec.method: r.seg for r in runs}), _SAMPLE_ERRORS)
+        model = ModelPass(ModelSpec({r.spec.method: r.seg for r in runs}), _SAMPLE_ERRORS,
+                          images_per_batch=self.images_per_batch)
         t0 = time.time()
         with RecordsSink(self, runs) as sink:
             items = (Item(sample.id, str(sample.image_path), sample)

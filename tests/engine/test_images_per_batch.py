@@ -75,8 +75,11 @@ def test_predict_many_equals_predict_per_image(tiny, output):
                            classes=CLASSES, batch_size=5, **COMMON)
     images = [photo(1), photo(2, 320, 240), photo(3), photo(4, 320, 240), photo(5)]
     many = multi.predict_many(images, output=output)
-    for image, results in zip(images, many):
+    groups = multi.image_groups
+    assert len(groups) == len(images)
+    for image, results, image_groups in zip(images, many, groups):
         alone = multi.predict(image, output=output)
+        assert image_groups == multi.last_groups == [["sclip", "naclip"], ["wide"]]
         assert list(results) == list(alone) == ["sclip", "naclip", "wide"]
         for label in alone:
             assert np.array_equal(results[label].mask, alone[label].mask), label

@@ -161,3 +161,34 @@ def test_protocol_path_refuses_up_front_with_the_numbers(tiny):
     seg.output_memory_limit = need                      # the explicit override lets it through
     assert seg.predict(image).mask.shape == (h, w)
     assert seg.predict_mask(image).mask.shape == (h, w)  # the pre-label path never refuses
+
+
+def test_shared_trunk_and_runner_refuse_the_protocol_path_up_front_too(tiny):
+    # the benchmark's path (MultiSegmenter through the job runner) applies the same budget, per item
+    from tfovss_core.engine.multi import MultiSegmenter
+    from tfovss_core.engine.runner import Item, JobRunner, RunRef, SerialExecutor
+
+    seg = Segmenter(tiny, "sclip", "ade20k", templates=ONE_TEMPLATE)
+    image = _sample("ade20k", 0.5)
+    seg.output_memory_limit = seg.output_bytes(image.shape[:2]) - 1
+    with pytest.raises(InputError, match="full probability maps"):
+        MultiSegmenter(tiny, [seg]).predict(image, name="photo.jpg")
+
+    class Failures:
+        failed: list = []
+
+        def done(self, run):
+            return set()
+
+        def write(self, outcome):
+            raise AssertionError("the refused image must not be written")
+
+        def failure(self, item, error, labels):
+            self.failed.append((item.id, type(error).__name__, list(labels)))
+
+        def close(self):
+            pass
+
+    sink = Failures()
+    JobRunner({"sclip": seg}, [RunRef("sclip", "k")], sink, executor=SerialExecutor(0)).run([Item("a", image)])
+    assert sink.failed == [("a", "InputError", ["sclip"])]

@@ -124,6 +124,7 @@ def _finish(seg: Segmenter, x: torch.Tensor, size, label: str, output: str, outp
     of its own ``predict`` (``output="probs"``) or ``predict_mask`` (``output="mask"``)."""
     if output == "mask":
         return seg.finish_mask(seg.input_logits(x, outputs, scratch_result=True), x, tuple(size), label)
+    seg.check_output_memory(tuple(size), x.device, label)   # refused up front, as predict does
     return seg.finish(seg.dense_logits(x, size, outputs=outputs), x, label)
 
 
@@ -154,6 +155,7 @@ class MultiSegmenter:
             if seg.model is not model:
                 raise ConfigError(f"{label}: its Segmenter uses another model; a MultiSegmenter shares one")
         self.last_groups: list[list[str]] = []   # trunk groups of the latest image
+        self.image_groups: list[list[list[str]]] = []   # trunk groups of each image of the latest call
         self.trunk_runs = 0                       # frozen-trunk batches computed so far
 
     def _build(self, item, classes, settings) -> tuple[str, Segmenter]:
@@ -225,15 +227,17 @@ class MultiSegmenter:
         results: list[dict] = [{} for _ in images]
         # images whose trunk groups and input shapes coincide run their windows together
         runs: dict[Any, list[int]] = {}
+        self.image_groups = []
         for n, ready in enumerate(prepared):
             groups: dict[Any, list[str]] = {}
             for g, seg in self.segmenters.items():
                 pkey = _prepare_key(seg)
                 x = ready[pkey][1]
                 groups.setdefault((pkey, tuple(x.shape), _window_key(seg, x)), []).append(g)
-            self.last_groups = list(groups.values())
+            self.image_groups.append(list(groups.values()))
             for key, group in groups.items():
                 runs.setdefault((key, tuple(group)), []).append(n)
+        self.last_groups = self.image_groups[-1] if self.image_groups else []
         for ((pkey, _, _), group), members in runs.items():
             xs = [prepared[n][pkey][1] for n in members]
             segs = [self.segmenters[g] for g in group]
@@ -250,7 +254,11 @@ class MultiSegmenter:
                     for kept, per_image in zip(outputs, per_method):
                         for i, out in per_image:
                             kept[i].append(_light(out))
-            self.trunk_runs += shared.runs if shared is not None else batches
+            if shared is not None:
+                self.trunk_runs += shared.runs
+                shared.clear()      # release the last batch's trunk before the maps are made
+            else:
+                self.trunk_runs += batches
             for g, seg, per_image in zip(group, segs, outputs):
                 for n, outs in zip(members, per_image):
                     rgb, x = prepared[n][pkey]

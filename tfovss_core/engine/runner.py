@@ -274,9 +274,9 @@ def _process_together(model: ModelPass, works: Sequence[Work], prepared: Sequenc
             for n in members:
                 outs[n] = process(model, works[n], readies[n])
             return outs
-        for n, res in zip(members, results):
+        for n, res, groups in zip(members, results, multi.image_groups):
             outs[n].results = dict(res)
-            outs[n].groups = [list(g) for g in multi.last_groups]
+            outs[n].groups = [list(g) for g in groups]
             outs[n].image = next(iter(readies[n].values()))[0]
     for o in outs:                 # the batch's time, shared out
         o.seconds = (time.time() - t) / len(works)

@@ -145,7 +145,7 @@ def test_runner_batches_images_with_the_same_outcomes(tiny, tmp_path):
 
 
 def test_runner_batches_a_resumed_job(tiny, tmp_path):
-    # items needing different runs cannot share one pass: each still gets exactly its runs
+    # items needing other runs share a pass only with items needing the same: each gets exactly its runs
     done = {"sclip": {"i0", "i3"}}
     sink, stats = _runner_outcomes(tiny, tmp_path, 4, done)
     ref, _ = _runner_outcomes(tiny, tmp_path, 1)

@@ -245,14 +245,23 @@ def process_many(model: ModelPass, works: Sequence[Work], prepared: Sequence | N
         return [process(model, w, p) for w, p in zip(works, prepared)]
     outs: list[Outcome] = []
     for start in range(0, len(works), step):
-        outs.extend(_process_together(model, works[start:start + step], prepared[start:start + step]))
+        chunk = range(start, min(start + step, len(works)))
+        # items needing other runs (a resumed job) share a pass only with items needing the same
+        by_runs: dict[tuple[str, ...], list[int]] = {}
+        for n in chunk:
+            by_runs.setdefault(works[n].labels, []).append(n)
+        done: dict[int, Outcome] = {}
+        for members in by_runs.values():
+            made = _process_together(model, [works[n] for n in members], [prepared[n] for n in members])
+            done.update(zip(members, made))
+        outs.extend(done[n] for n in chunk)
     return outs
 
 
 def _process_together(model: ModelPass, works: Sequence[Work], prepared: Sequence) -> list[Outcome]:
+    """Works that need the same runs, their windows batched across their images."""
     multi = model.multi(works[0].labels)
-    if multi is None or len({w.labels for w in works}) > 1:
-        # predictors that cannot share a pass, or items needing different runs (a resumed job)
+    if multi is None:          # predictors that cannot share a pass: one at a time
         return [process(model, w, p) for w, p in zip(works, prepared)]
     t = time.time()
     outs = [Outcome(w) for w in works]

@@ -154,7 +154,6 @@ class MultiSegmenter:
         for label, seg in self.segmenters.items():
             if seg.model is not model:
                 raise ConfigError(f"{label}: its Segmenter uses another model; a MultiSegmenter shares one")
-        self.last_groups: list[list[str]] = []   # trunk groups of the latest image
         self.image_groups: list[list[list[str]]] = []   # trunk groups of each image of the latest call
         self.trunk_runs = 0                       # frozen-trunk batches computed so far
 
@@ -175,6 +174,11 @@ class MultiSegmenter:
     @property
     def labels(self) -> list[str]:
         return list(self.segmenters)
+
+    @property
+    def last_groups(self) -> list[list[str]]:
+        """Trunk groups (labels sharing a frozen trunk) of the latest image."""
+        return self.image_groups[-1] if self.image_groups else []
 
     def shared_request(self, labels: Sequence[str]) -> TrunkRequest:
         request = None
@@ -237,7 +241,6 @@ class MultiSegmenter:
             self.image_groups.append(list(groups.values()))
             for key, group in groups.items():
                 runs.setdefault((key, tuple(group)), []).append(n)
-        self.last_groups = self.image_groups[-1] if self.image_groups else []
         for ((pkey, _, _), group), members in runs.items():
             xs = [prepared[n][pkey][1] for n in members]
             segs = [self.segmenters[g] for g in group]

@@ -189,6 +189,14 @@ class ModelPass:
         return None if multi is None else partial(multi.prepare_all, work.item.source)
 
 
+def _decoded(multi, work: Work, prepared) -> dict:
+    """``multi.prepare_all`` of the work's image: the future's result or the value decoded ahead
+    (``prepared``), else decoded now. Raises what decoding raised."""
+    if hasattr(prepared, "result"):
+        return prepared.result()
+    return prepared if prepared is not None else multi.prepare_all(work.item.source)
+
+
 def process(model: ModelPass, work: Work, prepared=None) -> Outcome:
     """One item through the model pass (the plain per-item function every executor runs).
 
@@ -199,10 +207,7 @@ def process(model: ModelPass, work: Work, prepared=None) -> Outcome:
     multi = model.multi(labels)
     if multi is not None:
         try:  # an image that cannot be decoded fails every run at once
-            if hasattr(prepared, "result"):
-                ready = prepared.result()
-            else:
-                ready = prepared if prepared is not None else multi.prepare_all(work.item.source)
+            ready = _decoded(multi, work, prepared)
         except model.item_errors as exc:
             out.errors = {lb: exc for lb in labels}
             out.seconds = time.time() - t
@@ -268,10 +273,7 @@ def _process_together(model: ModelPass, works: Sequence[Work], prepared: Sequenc
     readies: dict[int, Any] = {}
     for n, (w, ready) in enumerate(zip(works, prepared)):
         try:  # an image that cannot be decoded fails every run at once, and alone
-            if hasattr(ready, "result"):
-                readies[n] = ready.result()
-            else:
-                readies[n] = ready if ready is not None else multi.prepare_all(w.item.source)
+            readies[n] = _decoded(multi, w, ready)
         except model.item_errors as exc:
             outs[n].errors = {lb: exc for lb in w.labels}
     members = list(readies)

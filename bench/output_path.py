@@ -8,6 +8,7 @@ Two measurements, side by side in one run, with the tiny random CLIP (the model 
     where it does not refuse.
 
     python bench/output_path.py [--data-dir DIR] [--skip-rss] [--sizes 640x480,2048x1536]
+    python bench/output_path.py --blocks     # the pre-label path's pixel-block size, side by side
 """
 from __future__ import annotations
 
@@ -55,6 +56,32 @@ def cost_outside_model(data_dir: Path, repeats: int = 3) -> list[dict]:
             lean.append(time.perf_counter() - t)
         rows.append({"classes": n, "protocol_ms": 1e3 * min(protocol), "prelabel_ms": 1e3 * min(lean),
                      "passes": out.stats["passes"], "fallback_pixels": out.stats["fallback_pixels"]})
+    return rows
+
+
+def block_sizes(repeats: int = 3) -> list[dict]:
+    """The whole-vocabulary pre-label path at several pixel-block sizes, on the same full-resolution
+    logits (640x480, 56 and 171 queries, 1 thread): time per image, and the outputs checked equal."""
+    import torch
+    from tfovss_core.ops.postprocess import block_pixels_for, mask_and_confidence_from_logits
+    torch.set_num_threads(1)
+    rows = []
+    for queries, classes in ((56, 21), (171, 171)):
+        logits = torch.randn(queries, 480, 640, generator=torch.Generator().manual_seed(0)) * 0.1
+        query_class = torch.arange(queries) * classes // queries
+        default = block_pixels_for(queries, 480 * 640)
+        reference = None
+        for block in sorted({512, 1024, 1088, 2048, 4160, default}):
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                mask, conf, _ = mask_and_confidence_from_logits(logits, query_class, classes, logit_scale=40.0,
+                                                                block_pixels=block)
+                times.append(time.perf_counter() - t)
+            reference = reference or (mask, conf)
+            rows.append({"queries": queries, "block_pixels": block, "default": block == default,
+                         "ms": 1e3 * min(times),
+                         "equal": bool(torch.equal(mask, reference[0]) and torch.equal(conf, reference[1]))})
     return rows
 
 
@@ -112,8 +139,13 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--skip-cost", action="store_true")
     ap.add_argument("--classes", default="21,171,459,847")
+    ap.add_argument("--blocks", action="store_true", help="only the pixel-block sizes of the pre-label path")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.blocks:
+        for row in block_sizes():
+            print(json.dumps(row), flush=True)
+        return
     if args.child:
         n, w, h, path = args.child.split(",")
         _rss_child(int(n), int(w), int(h), path, str(args.data_dir))

@@ -7,7 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tfovss_core.ops.postprocess import mask_and_confidence_from_logits, probabilities_and_mask
+from tfovss_core.ops.postprocess import (
+    BLOCK_BYTES,
+    block_pixels_for,
+    mask_and_confidence_from_logits,
+    probabilities_and_mask,
+)
 
 SYNONYMS = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 5, 5, 6])   # 7 classes, 11 queries
 
@@ -113,3 +118,24 @@ def test_area_threshold_that_keeps_every_class_takes_one_pass():
 def test_block_size_must_follow_the_vector_lanes():
     with pytest.raises(ValueError, match="block_pixels=100"):
         mask_and_confidence_from_logits(torch.zeros(2, 4, 4), torch.arange(2), 2, logit_scale=1.0, block_pixels=100)
+
+
+def test_default_blocks_are_lane_aligned_cache_sized_and_never_4_kib_strided():
+    for queries in (1, 11, 56, 150, 171, 459, 847, 5000):
+        block = block_pixels_for(queries, 10**6)
+        assert block >= 64 and block % 64 == 0 and block % 1024 != 0, (queries, block)
+        assert block * queries * 4 <= BLOCK_BYTES or block == 64
+    assert block_pixels_for(171, 480 * 640) == 1088
+    assert block_pixels_for(171, 480 * 640, "cuda") == 480 * 640     # the protocol's own call
+
+
+def test_default_blocks_bit_identical_across_several_blocks_and_a_lane_tail():
+    """An image spanning several default blocks (11 queries: 17,856 pixels a block) and ending
+    inside a vector lane: the protocol's probabilities, so its very mask and confidence floats."""
+    logits = _random_logits(11, 151, 263, seed=7)
+    assert 151 * 263 > 2 * block_pixels_for(11, 151 * 263) and (151 * 263) % 64
+    probs, mask = probabilities_and_mask(logits, SYNONYMS, 7, logit_scale=60.0, prob_thd=0.3, area_thd=0.1)
+    got, conf, _ = mask_and_confidence_from_logits(logits, SYNONYMS, 7, logit_scale=60.0, prob_thd=0.3,
+                                                   area_thd=0.1)
+    assert torch.equal(got, mask)
+    assert torch.equal(conf, probs.max(dim=0).values)

@@ -123,21 +123,36 @@ def _merge_chunk(scaled: torch.Tensor, chunk_query_class: torch.Tensor, first_cl
     return merge_synonyms(scaled, local, n_classes)
 
 
-#: pixels per block of the whole-vocabulary path: a multiple of every CPU vector width (so each
-#: block's lanes fall where the protocol's do) and small enough that a block's ``Q`` rows of scaled
-#: logits and probabilities stay in cache (~0.7 MiB at 171 queries), where the protocol streams
-#: several ``(Q, H, W)`` maps through memory
-BLOCK_PIXELS = 1024
+#: bytes of one block's ``(Q, pixels)`` scaled logits on the whole-vocabulary CPU path: small enough
+#: that a block's rows of scaled logits and probabilities stay in a core's L2 cache, where the
+#: protocol streams several ``(Q, H, W)`` maps through memory (``bench/output_path.py --blocks``)
+BLOCK_BYTES = 768 * 2**10
+
+
+def block_pixels_for(queries: int, n_pixels: int, device: torch.device | str = "cpu") -> int:
+    """Pixels per block of :func:`mask_and_confidence_from_logits` for ``queries`` rows.
+
+    On a CPU: a multiple of 64, a multiple of every CPU vector width (so each block's lanes fall
+    where the protocol's do), of about :data:`BLOCK_BYTES`, and never a multiple of 1,024: the
+    softmax walks down a block's rows, and rows 4 KiB apart share one set of the L1 cache (1,024
+    pixels ran the softmax ~35 % slower than 1,088 at 171 queries). Elsewhere (CUDA): the whole
+    image in one block, the protocol's very softmax call, in a few launches instead of hundreds.
+    """
+    if torch.device(device).type != "cpu":
+        return max(n_pixels, 1)
+    pixels = max(64, BLOCK_BYTES // (4 * max(queries, 1)) // 64 * 64)
+    return pixels - 64 if pixels % 1024 == 0 else pixels
 
 
 def mask_and_confidence_from_logits(logits: torch.Tensor, query_class: torch.Tensor, num_classes: int, *,
                                     logit_scale: float, prob_thd: float = 0.0, area_thd: float | None = None,
                                     renormalize: bool = False, with_confidence: bool = True,
-                                    block_pixels: int = BLOCK_PIXELS
+                                    block_pixels: int | None = None
                                     ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """The protocol's mask and top probability from every query's full-resolution logits ``(Q, H, W)``.
 
-    The protocol's own scale and softmax over queries, on blocks of ``block_pixels`` pixels instead
+    The protocol's own scale and softmax over queries, on blocks of ``block_pixels`` pixels
+    (default :func:`block_pixels_for`) instead
     of the whole image: a pixel's softmax reads only its own column and a block starts on a
     vector-lane boundary of the protocol's kernel, so every probability is bit-identical to the
     protocol's (the tests check it at several sizes, thread counts and block sizes), while a block's
@@ -153,16 +168,20 @@ def mask_and_confidence_from_logits(logits: torch.Tensor, query_class: torch.Ten
     sum changes everywhere, so every block is.
     Returns ``(mask, confidence or None, stats)`` as :func:`mask_and_confidence`.
     """
-    if block_pixels <= 0 or block_pixels % 64:
-        raise ValueError(f"block_pixels={block_pixels}: expected a positive multiple of 64 (the vector lanes)")
     q, height, width = logits.shape
     flat = logits.reshape(q, -1)
     n_pixels = flat.shape[1]
     device = logits.device
+    if block_pixels is None:
+        block_pixels = block_pixels_for(q, n_pixels, device)
+    elif block_pixels <= 0 or block_pixels % 64:
+        raise ValueError(f"block_pixels={block_pixels}: expected a positive multiple of 64 (the vector lanes)")
     identity = q == num_classes and bool((query_class == torch.arange(num_classes, device=device)).all())
-    # amax of (reaches the top) x (num_classes - class) is num_classes - the first class reaching it
+    # amax of (reaches the top) x (num_classes - class) is num_classes - the first class reaching it;
+    # in uint8 up to 255 classes, so the product needs no widening copy of the (Q, pixels) flags
     small = num_classes < 2**15
-    rank = (num_classes - query_class).to(torch.int16 if small else torch.int32).view(-1, 1)
+    rank_dtype = torch.uint8 if num_classes < 2**8 else torch.int16 if small else torch.int32
+    rank = (num_classes - query_class).to(rank_dtype).view(-1, 1)
     top = torch.empty(n_pixels, dtype=torch.float32, device=device)
     top_rank = torch.empty(n_pixels, dtype=rank.dtype, device=device)
     class_sum = torch.empty(n_pixels, dtype=torch.float32, device=device) if renormalize else None
